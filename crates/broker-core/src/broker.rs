@@ -1,0 +1,431 @@
+//! The broker: profiles, one in-memory slot per cache key, the disk cache, and the refresh logic of
+//! contract §2–§3.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use tracing::Instrument;
+
+use crate::cache::{CacheKey, DiskCache, Entry};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{CacheMode, Config, Overrides, Settings};
+use crate::error::{Error, Result};
+use crate::kinds::HttpProvider;
+use crate::provider::{FetchContext, Provider};
+use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_TOKEN_PAUSE_FLOOR};
+
+/// How a profile's tokens are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Minimum remaining life of a token served from cache. Defaults to 60 seconds.
+    pub min_ttl: Duration,
+    /// Lifetime rules for new tokens. Defaults to 300 s assumed, 24 h at most.
+    pub lifetime: LifetimePolicy,
+    /// Where tokens are cached. Defaults to disk.
+    pub cache: CacheMode,
+    /// How long to wait for another process's fetch (the cross-process lock). Defaults to 15 seconds.
+    pub lock_wait: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_ttl: crate::config::DEFAULT_MIN_TTL,
+            lifetime: LifetimePolicy {
+                default_ttl: crate::config::DEFAULT_DEFAULT_TTL,
+                max_ttl: crate::config::DEFAULT_MAX_TTL,
+            },
+            cache: CacheMode::Disk,
+            lock_wait: crate::config::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl Policy {
+    /// The policy a profile's settings describe.
+    pub fn from_settings(s: &Settings) -> Self {
+        Policy {
+            min_ttl: s.min_ttl,
+            lifetime: LifetimePolicy {
+                default_ttl: s.default_ttl,
+                max_ttl: s.max_ttl,
+            },
+            cache: s.cache,
+            lock_wait: s.timeout + s.connect_timeout,
+        }
+    }
+}
+
+/// Options of one token request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenRequest {
+    /// Overrides the profile's `min_ttl` for this request.
+    pub min_ttl: Option<Duration>,
+    /// Ask the provider even if a fresh token is cached.
+    pub force_refresh: bool,
+}
+
+/// The cache state of a profile, for `broker list`.
+#[derive(Debug, Clone)]
+pub enum CacheState {
+    /// No token cached.
+    None,
+    /// A token valid until the given time.
+    Valid(SystemTime),
+    /// A token that expired at the given time.
+    Expired(SystemTime),
+}
+
+/// One cache key's in-memory slot: the current token, and the lock that makes one fetch serve all callers.
+#[derive(Default)]
+struct Slot {
+    current: RwLock<Option<Arc<AccessToken>>>,
+    fetch: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+}
+
+impl Slot {
+    fn get(&self) -> Option<Arc<AccessToken>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn fresh(&self, now: SystemTime, min_ttl: Duration) -> Option<Arc<AccessToken>> {
+        let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+        match &*cur {
+            Some(t) if t.is_fresh(now, min_ttl) => Some(Arc::clone(t)),
+            _ => None,
+        }
+    }
+    fn install(&self, t: Arc<AccessToken>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+struct Profile {
+    name: String,
+    provider: Arc<dyn Provider>,
+    policy: Policy,
+    /// The key and its slot, computed on first use (it may read an env var or a file).
+    keyed: OnceLock<(CacheKey, Arc<Slot>)>,
+}
+
+/// Builds a [`Broker`].
+pub struct BrokerBuilder {
+    clock: Arc<dyn Clock>,
+    disk: Option<PathBuf>,
+    profiles: HashMap<String, std::result::Result<Arc<Profile>, Error>>,
+}
+
+impl BrokerBuilder {
+    /// Uses `clock` instead of the system clock. Defaults to [`SystemClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Caches on disk in `dir` for profiles whose policy says disk. Defaults to no disk cache
+    /// (disk profiles then cache in memory only).
+    pub fn disk_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.disk = Some(dir.into());
+        self
+    }
+
+    /// Registers a profile served by `provider`.
+    pub fn profile(mut self, name: impl Into<String>, provider: Arc<dyn Provider>, policy: Policy) -> Self {
+        let name = name.into();
+        let p = Profile {
+            name: name.clone(),
+            provider,
+            policy,
+            keyed: OnceLock::new(),
+        };
+        self.profiles.insert(name, Ok(Arc::new(p)));
+        self
+    }
+
+    /// Registers every profile of `config` with the built-in HTTP provider. A profile whose settings do not
+    /// resolve is kept as its error, returned when it is asked for, so one broken profile spoils no other.
+    pub fn config(mut self, config: &Config, overrides: &Overrides) -> Self {
+        for name in config.profile_names() {
+            match config.resolve(name, overrides) {
+                Ok(s) => self = self.settings(s),
+                Err(e) => {
+                    self.profiles.insert(name.to_owned(), Err(e));
+                }
+            }
+        }
+        self
+    }
+
+    /// Registers one resolved profile with the built-in HTTP provider.
+    pub fn settings(self, s: Settings) -> Self {
+        let policy = Policy::from_settings(&s);
+        let name = s.profile.clone();
+        self.profile(name, Arc::new(HttpProvider::new(s)), policy)
+    }
+
+    /// The broker.
+    pub fn build(self) -> Broker {
+        Broker {
+            clock: self.clock,
+            disk: self.disk.map(DiskCache::new),
+            profiles: self.profiles,
+            slots: DashMap::new(),
+        }
+    }
+}
+
+/// Hands out tokens: from memory, from disk, or from the provider, one upstream call per key at a time.
+pub struct Broker {
+    clock: Arc<dyn Clock>,
+    disk: Option<DiskCache>,
+    profiles: HashMap<String, std::result::Result<Arc<Profile>, Error>>,
+    slots: DashMap<CacheKey, Arc<Slot>>,
+}
+
+impl Broker {
+    /// A builder with the system clock and no profiles.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder {
+            clock: Arc::new(SystemClock),
+            disk: None,
+            profiles: HashMap::new(),
+        }
+    }
+
+    /// Names of the registered profiles, sorted.
+    pub fn profile_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn profile(&self, name: &str) -> Result<&Arc<Profile>> {
+        match self.profiles.get(name) {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(e.clone()),
+            None => {
+                let names = self.profile_names();
+                let mut msg = format!("unknown profile `{name}`");
+                if let Some(c) = crate::config::closest(name, names.iter().copied()) {
+                    msg.push_str(&format!("; did you mean `{c}`?"));
+                }
+                msg.push_str(&format!("; known profiles: {}", if names.is_empty() { "none".into() } else { names.join(", ") }));
+                Err(Error::config(msg))
+            }
+        }
+    }
+
+    fn keyed<'p>(&self, p: &'p Profile) -> Result<&'p (CacheKey, Arc<Slot>)> {
+        if let Some(k) = p.keyed.get() {
+            return Ok(k);
+        }
+        let key = p.provider.cache_key()?;
+        let slot = self.slots.entry(key).or_default().clone();
+        Ok(p.keyed.get_or_init(|| (key, slot)))
+    }
+
+    fn disk_for(&self, p: &Profile) -> Option<&DiskCache> {
+        (p.policy.cache == CacheMode::Disk).then_some(self.disk.as_ref()).flatten()
+    }
+
+    /// A fresh token from memory or disk, without asking the provider, building an HTTP client or
+    /// needing a runtime. `None` when the provider must be asked.
+    pub fn cached(&self, profile: &str, req: &TokenRequest) -> Result<Option<Arc<AccessToken>>> {
+        let p = self.profile(profile)?;
+        if req.force_refresh || p.policy.cache == CacheMode::None {
+            return Ok(None);
+        }
+        let (key, slot) = self.keyed(p)?;
+        let now = self.clock.now();
+        let min_ttl = req.min_ttl.unwrap_or(p.policy.min_ttl);
+        if let Some(t) = slot.fresh(now, min_ttl) {
+            return Ok(Some(t));
+        }
+        if let Some(entry) = self.disk_for(p).and_then(|d| d.read(key)) {
+            if entry.token.is_fresh(now, min_ttl) {
+                let t = Arc::new(entry.token);
+                slot.install(Arc::clone(&t));
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A token for `profile`: cached while fresh, else fetched once for all concurrent callers.
+    pub async fn token(&self, profile: &str, req: &TokenRequest) -> Result<Arc<AccessToken>> {
+        let p = self.profile(profile)?;
+        if !req.force_refresh && p.policy.cache != CacheMode::None {
+            let (_, slot) = self.keyed(p)?;
+            if let Some(t) = slot.fresh(self.clock.now(), req.min_ttl.unwrap_or(p.policy.min_ttl)) {
+                return Ok(t);
+            }
+        }
+        let span = tracing::debug_span!("refresh", profile = %p.name);
+        self.refresh(p, req).instrument(span).await
+    }
+
+    async fn refresh(&self, p: &Profile, req: &TokenRequest) -> Result<Arc<AccessToken>> {
+        let min_ttl = req.min_ttl.unwrap_or(p.policy.min_ttl);
+        if p.policy.cache == CacheMode::None {
+            let cx = FetchContext { clock: &*self.clock, endpoint_hint: None };
+            return self.fetch(p, &cx, None).await.map(|(t, _)| t);
+        }
+        let (key, slot) = self.keyed(p)?;
+        let asked_at = self.clock.now();
+        let generation = slot.generation.load(Ordering::Acquire);
+        let _in_process = slot.fetch.lock().await;
+        let now = self.clock.now();
+        if req.force_refresh {
+            // Someone refreshed while we waited for the slot: that token is as new as ours would be.
+            if slot.generation.load(Ordering::Acquire) != generation {
+                if let Some(t) = slot.get().filter(|t| t.is_valid(now)) {
+                    return Ok(t);
+                }
+            }
+        } else if let Some(t) = slot.fresh(now, min_ttl) {
+            return Ok(t);
+        }
+        let disk = self.disk_for(p);
+        let mut previous = slot.get();
+        let mut hint = None;
+        let _cross_process = match disk {
+            Some(d) => {
+                if !req.force_refresh {
+                    if let Some(t) = self.adopt(d.read(key), slot, now, min_ttl, asked_at, false) {
+                        return Ok(t);
+                    }
+                }
+                let lock = d.lock(key, p.policy.lock_wait).await?;
+                let entry = d.read(key);
+                let now = self.clock.now();
+                if let Some(t) = self.adopt(entry.clone(), slot, now, min_ttl, asked_at, req.force_refresh) {
+                    return Ok(t);
+                }
+                if let Some(e) = entry {
+                    hint = e.endpoint;
+                    if previous.as_ref().is_none_or(|m| m.expires_at() < e.token.expires_at()) {
+                        previous = Some(Arc::new(e.token));
+                    }
+                }
+                Some(lock)
+            }
+            None => None,
+        };
+        let cx = FetchContext { clock: &*self.clock, endpoint_hint: hint.as_deref() };
+        match self.fetch(p, &cx, previous.as_deref()).await {
+            Ok((t, endpoint)) => {
+                if let Some(d) = disk {
+                    let entry = Entry { token: (*t).clone(), endpoint };
+                    if let Err(e) = d.write(key, &entry, &p.name) {
+                        tracing::warn!("profile `{}`: token not saved to the disk cache: {e}", p.name);
+                    }
+                }
+                slot.install(Arc::clone(&t));
+                Ok(t)
+            }
+            Err(e) => {
+                let now = self.clock.now();
+                match previous.filter(|t| t.is_valid(now)) {
+                    Some(old) => {
+                        tracing::warn!(
+                            "{e}; serving the cached token, still valid for {}",
+                            crate::duration::format(old.remaining(now))
+                        );
+                        Ok(old)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Uses a disk entry if it serves this request: fresh, or (for a forced refresh) written after we asked.
+    fn adopt(
+        &self,
+        entry: Option<Entry>,
+        slot: &Slot,
+        now: SystemTime,
+        min_ttl: Duration,
+        asked_at: SystemTime,
+        force: bool,
+    ) -> Option<Arc<AccessToken>> {
+        let e = entry?;
+        let usable = if force {
+            e.token.obtained_at() >= asked_at && e.token.is_valid(now)
+        } else {
+            e.token.is_fresh(now, min_ttl)
+        };
+        usable.then(|| {
+            let t = Arc::new(e.token);
+            slot.install(Arc::clone(&t));
+            t
+        })
+    }
+
+    async fn fetch(&self, p: &Profile, cx: &FetchContext<'_>, previous: Option<&AccessToken>) -> Result<(Arc<AccessToken>, Option<String>)> {
+        let fetched = p.provider.fetch(cx).await?;
+        let (mut token, notes) = into_token(fetched.response, fetched.requested_at, p.policy.lifetime);
+        for n in notes {
+            match n {
+                LifetimeNote::DefaultTtl => tracing::warn!(
+                    "profile `{}`: the response has neither expires_in nor a JWT exp; assuming default_ttl {}",
+                    p.name,
+                    crate::duration::format(p.policy.lifetime.default_ttl)
+                ),
+                LifetimeNote::ClockSkew { by } => tracing::warn!(
+                    "profile `{}`: the token's exp is {} earlier than expires_in says: this machine's clock or the \
+                     provider's is off; using expires_in",
+                    p.name,
+                    crate::duration::format(by)
+                ),
+                LifetimeNote::CutToMaxTtl => tracing::debug!("profile `{}`: lifetime cut to max_ttl", p.name),
+            }
+        }
+        if previous.is_some_and(|old| old.same_secret(&token)) {
+            // The provider handed back its cached token: do not ask again too soon.
+            let pause = (token.margin(p.policy.min_ttl) / 2).max(SAME_TOKEN_PAUSE_FLOOR);
+            tracing::debug!("profile `{}`: provider returned the same token; pausing refreshes for {pause:?}", p.name);
+            token = token.with_refresh_not_before(Some(self.clock.now() + pause));
+        }
+        Ok((Arc::new(token), fetched.endpoint))
+    }
+
+    /// What the caches hold for `profile`, without asking the provider.
+    pub fn cache_state(&self, profile: &str) -> Result<CacheState> {
+        let p = self.profile(profile)?;
+        let (key, slot) = self.keyed(p)?;
+        let best = match (slot.get(), self.disk_for(p).and_then(|d| d.read(key))) {
+            (Some(m), Some(d)) => Some(if m.expires_at() >= d.token.expires_at() { m.expires_at() } else { d.token.expires_at() }),
+            (Some(m), None) => Some(m.expires_at()),
+            (None, Some(d)) => Some(d.token.expires_at()),
+            (None, None) => None,
+        };
+        let now = self.clock.now();
+        Ok(match best {
+            None => CacheState::None,
+            Some(at) if now < at => CacheState::Valid(at),
+            Some(at) => CacheState::Expired(at),
+        })
+    }
+
+    /// Forgets `profile`'s cached token in memory and on disk. Returns whether a disk entry was removed.
+    pub fn clear(&self, profile: &str) -> Result<bool> {
+        let p = self.profile(profile)?;
+        let (key, slot) = self.keyed(p)?;
+        *slot.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+        match &self.disk {
+            Some(d) => d.remove(key),
+            None => Ok(false),
+        }
+    }
+
+    /// The disk cache, if any.
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+}

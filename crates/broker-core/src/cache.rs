@@ -1,0 +1,277 @@
+//! The token cache on disk (contract §3): one versioned JSON entry per key, 0600 in a 0700 directory,
+//! written by temp file + fsync + rename + directory fsync, with a separate `.lock` file per key.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::{from_unix, to_unix};
+use crate::error::{Error, Result};
+use crate::paths::ensure_private_dir;
+use crate::token::AccessToken;
+
+/// The version written in every entry; other versions are ignored and replaced.
+pub const ENTRY_VERSION: u32 = 1;
+
+/// A cache key: SHA-256 over everything that decides which token a request gets.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// Hashes `parts`, each length-prefixed so no two lists collide.
+    pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        CacheKey(h.finalize().into())
+    }
+
+    /// Lower-case hex, the entry's file stem.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// A cached token and what was learned while getting it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The token.
+    pub token: AccessToken,
+    /// The token endpoint actually used (after discovery or the `/auth` fallback).
+    pub endpoint: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryFile {
+    version: u32,
+    profile: String,
+    access_token: String,
+    token_type: String,
+    obtained_at: f64,
+    expires_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_not_before: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+}
+
+/// Parses an entry file. `Err` says why it is unusable.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "not JSON".to_owned())?;
+    match v.get("version").and_then(serde_json::Value::as_u64) {
+        Some(n) if n == u64::from(ENTRY_VERSION) => {}
+        Some(n) => return Err(format!("unknown version {n}")),
+        None => return Err("no version".into()),
+    }
+    let f: EntryFile = serde_json::from_value(v).map_err(|_| "malformed".to_owned())?;
+    let obtained = from_unix(f.obtained_at).ok_or("bad obtained_at")?;
+    let expires = from_unix(f.expires_at).ok_or("bad expires_at")?;
+    if f.access_token.is_empty() {
+        return Err("empty token".into());
+    }
+    let token = AccessToken::new(SecretString::from(f.access_token), f.token_type, obtained, expires)
+        .with_refresh_not_before(f.refresh_not_before.and_then(from_unix));
+    Ok(Entry {
+        token,
+        endpoint: f.endpoint,
+    })
+}
+
+/// Serialises an entry file.
+pub fn encode_entry(entry: &Entry, profile: &str) -> Vec<u8> {
+    let t = &entry.token;
+    let f = EntryFile {
+        version: ENTRY_VERSION,
+        profile: profile.to_owned(),
+        access_token: t.secret().expose_secret().to_owned(),
+        token_type: t.token_type().to_owned(),
+        obtained_at: to_unix(t.obtained_at()),
+        expires_at: to_unix(t.expires_at()),
+        refresh_not_before: t.refresh_not_before().map(to_unix),
+        endpoint: entry.endpoint.clone(),
+    };
+    serde_json::to_vec(&f).unwrap_or_default()
+}
+
+/// The disk cache directory.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    dir: PathBuf,
+}
+
+/// Holds the cross-process lock of one key until dropped.
+#[derive(Debug)]
+pub struct KeyLock {
+    _file: File,
+}
+
+impl DiskCache {
+    /// A cache in `dir`. Nothing is touched until the first write or lock.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DiskCache { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry_path(&self, key: &CacheKey) -> PathBuf {
+        self.dir.join(format!("{}.json", key.hex()))
+    }
+
+    /// Reads the entry of `key`. A missing entry is `None`; a corrupt or unknown-version one is `None`
+    /// with a warning (the next write replaces it).
+    pub fn read(&self, key: &CacheKey) -> Option<Entry> {
+        let path = self.entry_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("cannot read cache entry {}: {e}", path.display());
+                return None;
+            }
+        };
+        match decode_entry(&bytes) {
+            Ok(e) => Some(e),
+            Err(why) => {
+                tracing::warn!("ignoring cache entry {} ({why}); it will be replaced", path.display());
+                None
+            }
+        }
+    }
+
+    /// Takes the cross-process lock of `key`, waiting at most `wait`.
+    pub async fn lock(&self, key: &CacheKey, wait: Duration) -> Result<KeyLock> {
+        ensure_private_dir(&self.dir)?;
+        let path = self.dir.join(format!("{}.lock", key.hex()));
+        let file = open_private(&path, false)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(KeyLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::unavailable(format!(
+                            "another broker process has held the cache lock {} for over {}s",
+                            path.display(),
+                            wait.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::internal(format!("cannot lock {}: {e}", path.display())))
+                }
+            }
+        }
+    }
+
+    /// Writes the entry of `key` atomically. Call with the key's lock held: it also removes stray
+    /// temp files of this key left by a process that died mid-write.
+    pub fn write(&self, key: &CacheKey, entry: &Entry, profile: &str) -> Result<()> {
+        ensure_private_dir(&self.dir)?;
+        let stem = key.hex();
+        self.sweep_temp(&stem);
+        let io = |e: std::io::Error| Error::internal(format!("cannot write cache entry in {}: {e}", self.dir.display()));
+        let mut tmp = tempfile::Builder::new().prefix(&format!("{stem}.tmp")).tempfile_in(&self.dir).map_err(io)?;
+        tmp.write_all(&encode_entry(entry, profile)).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(self.entry_path(key)).map_err(|e| io(e.error))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(())
+    }
+
+    fn sweep_temp(&self, stem: &str) {
+        let prefix = format!("{stem}.tmp");
+        if let Ok(dir) = fs::read_dir(&self.dir) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Removes the entry of `key` (and its lock file). Returns whether an entry was there.
+    pub fn remove(&self, key: &CacheKey) -> Result<bool> {
+        let stem = key.hex();
+        let _ = fs::remove_file(self.dir.join(format!("{stem}.lock")));
+        match fs::remove_file(self.entry_path(key)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::internal(format!("cannot remove cache entry: {e}"))),
+        }
+    }
+
+    /// Removes every entry, lock and temp file. Returns the number of entries removed.
+    pub fn clear(&self) -> Result<usize> {
+        let mut n = 0;
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Ok(0) };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.len() > 64 && name[..64].bytes().all(|b| b.is_ascii_hexdigit());
+            if ours && e.path().is_file() {
+                fs::remove_file(e.path()).map_err(|err| Error::internal(format!("cannot remove {name}: {err}")))?;
+                n += usize::from(name.ends_with(".json"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn open_private(path: &Path, truncate: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::SystemTime;
+
+    #[test]
+    fn entries_round_trip_with_private_modes() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = DiskCache::new(dir.path().join("broker"));
+        let key = CacheKey::from_parts([b"a".as_slice()]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let tok = AccessToken::new(SecretString::from("tok".to_owned()), "Bearer", now, now + Duration::from_secs(300));
+        cache.write(&key, &Entry { token: tok, endpoint: Some("https://x/token".into()) }, "p")?;
+        let back = cache.read(&key).ok_or("no entry")?;
+        assert_eq!(back.token.secret().expose_secret(), "tok");
+        assert_eq!(back.token.expires_at(), now + Duration::from_secs(300));
+        assert_eq!(back.endpoint.as_deref(), Some("https://x/token"));
+        let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode(cache.dir())?, 0o700);
+        assert_eq!(mode(&cache.entry_path(&key))?, 0o600);
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_and_unknown_version_entries_are_ignored() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = DiskCache::new(dir.path());
+        let key = CacheKey::from_parts([b"a".as_slice()]);
+        fs::write(cache.entry_path(&key), b"{not json")?;
+        assert!(cache.read(&key).is_none());
+        fs::write(cache.entry_path(&key), br#"{"version":99}"#)?;
+        assert!(cache.read(&key).is_none());
+        Ok(())
+    }
+}

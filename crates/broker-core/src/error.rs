@@ -1,0 +1,143 @@
+//! The one error type of the core: a class (which decides the exit code) and a message that never holds a secret.
+
+use std::fmt;
+use std::time::SystemTime;
+
+/// What kind of failure happened. Each maps to one exit code of the CLI (contract §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A local failure: cache directory not writable, an I/O error, a bug. Exit code 1.
+    Internal,
+    /// Bad command-line arguments or a bad request from an embedder. Exit code 2.
+    Usage,
+    /// A config or provider file is invalid, a profile is unknown, a secret source failed,
+    /// or the token request itself is wrong (404, 415, `invalid_scope`, ...). Exit code 3.
+    Config,
+    /// The provider refused these credentials (401, 403, `invalid_client`, ...). Exit code 4.
+    Rejected,
+    /// The provider could not be reached, or asked us to wait (timeouts, 408, 429, 5xx). Exit code 5.
+    Unavailable,
+    /// The provider answered, but not with a usable token. Exit code 6.
+    BadResponse,
+}
+
+impl ErrorKind {
+    /// The process exit code of this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Config => 3,
+            ErrorKind::Rejected => 4,
+            ErrorKind::Unavailable => 5,
+            ErrorKind::BadResponse => 6,
+        }
+    }
+
+    /// The class name used in JSON error objects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Internal => "internal",
+            ErrorKind::Usage => "usage",
+            ErrorKind::Config => "config",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::BadResponse => "bad_response",
+        }
+    }
+
+    /// Parses a class name as produced by [`ErrorKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "internal" => ErrorKind::Internal,
+            "usage" => ErrorKind::Usage,
+            "config" => ErrorKind::Config,
+            "rejected" => ErrorKind::Rejected,
+            "unavailable" => ErrorKind::Unavailable,
+            "bad_response" => ErrorKind::BadResponse,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error of the broker. Its message names the profile, provider, URL and status where known,
+/// and never a secret or a token.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    retry_at: Option<SystemTime>,
+}
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            retry_at: None,
+        }
+    }
+    /// Shorthand for [`ErrorKind::Internal`].
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    /// Shorthand for [`ErrorKind::Config`].
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    /// Shorthand for [`ErrorKind::Usage`].
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+    /// Shorthand for [`ErrorKind::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+    /// Shorthand for [`ErrorKind::BadResponse`].
+    pub fn bad_response(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadResponse, message)
+    }
+    /// Shorthand for [`ErrorKind::Rejected`].
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Rejected, message)
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without the class.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// When the provider said it may be asked again, if it said so.
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        self.retry_at
+    }
+
+    /// Records when the provider may be asked again.
+    pub fn with_retry_at(mut self, at: Option<SystemTime>) -> Self {
+        self.retry_at = at;
+        self
+    }
+
+    /// Puts `context` in front of the message: `context: message`.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+}
+
+/// The result type of the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

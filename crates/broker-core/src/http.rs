@@ -1,0 +1,176 @@
+//! Talking to token endpoints: the HTTP client (rustls, no redirects, explicit timeouts, a body cap, the
+//! system proxy) and the classification of answers of contract §4.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::token::{oauth_error_text, parse_response, TokenResponse};
+
+/// The most of a response body that is read.
+pub const BODY_CAP: usize = 1 << 20;
+
+/// Builds the client used for token requests. Called only when a fetch is needed, never on a cache hit.
+pub fn build_client(timeout: Duration, connect_timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("broker/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let path = crate::secret::expand_home(path);
+        let pem = std::fs::read(&path).map_err(|e| Error::config(format!("cannot read ca_file {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::config(format!("ca_file {} is not PEM: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(Error::config(format!("ca_file {} holds no certificates", path.display())));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))
+}
+
+/// An HTTP answer, body read up to [`BODY_CAP`].
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body, at most [`BODY_CAP`] bytes.
+    pub body: Vec<u8>,
+    /// The body was longer than the cap.
+    pub truncated: bool,
+}
+
+/// Sends `req` and reads the answer. Transport failures are [`ErrorKind::Unavailable`].
+pub async fn send(req: reqwest::RequestBuilder) -> Result<Answer> {
+    let mut resp = req.send().await.map_err(transport_error)?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = Vec::new();
+    let mut truncated = false;
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > BODY_CAP {
+            truncated = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body,
+        truncated,
+    })
+}
+
+fn transport_error(e: reqwest::Error) -> Error {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    // Walk to the root cause for a useful message; none of these carry request bodies.
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        detail = s.to_string();
+        src = s.source();
+    }
+    Error::unavailable(format!("{what}: {detail}"))
+}
+
+/// When the server says to come back: `Retry-After` (seconds or HTTP date), else Auth0's `x-ratelimit-reset`.
+pub fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(v) = get("retry-after") {
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(now + Duration::from_secs(secs));
+        }
+        if let Ok(t) = httpdate_parse(v) {
+            return Some(t);
+        }
+    }
+    get("x-ratelimit-reset").and_then(|v| v.parse::<f64>().ok()).and_then(crate::clock::from_unix)
+}
+
+fn httpdate_parse(v: &str) -> Result<SystemTime, ()> {
+    humantime::parse_rfc3339_weak(v).or_else(|_| parse_imf_fixdate(v)).map_err(|_| ())
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn parse_imf_fixdate(v: &str) -> Result<SystemTime, ()> {
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    let [_, day, mon, year, time, "GMT"] = parts.as_slice() else { return Err(()) };
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let m = MONTHS.iter().position(|x| x == mon).ok_or(())? + 1;
+    let s = format!("{year}-{m:02}-{:0>2}T{time}Z", day);
+    humantime::parse_rfc3339(&s).map_err(|_| ())
+}
+
+/// Classifies a token endpoint's answer (contract §4, rules 2–7; rule 1 is [`send`]'s).
+pub fn classify(answer: &Answer, now: SystemTime) -> Result<TokenResponse> {
+    let status = answer.status;
+    let oauth = oauth_error(&answer.body);
+    let described = |prefix: String| match &oauth {
+        Some(text) => format!("{prefix}: {text}"),
+        None => prefix,
+    };
+    match status {
+        408 | 429 | 500..=599 => {
+            let at = retry_at(&answer.headers, now);
+            let mut msg = described(format!("HTTP {status}"));
+            if let Some(at) = at {
+                msg.push_str(&format!("; the provider asks to retry after {}", humantime::format_rfc3339_seconds(at)));
+            }
+            Err(Error::unavailable(msg).with_retry_at(at))
+        }
+        300..=399 => {
+            let to = answer.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("?");
+            Err(Error::bad_response(format!(
+                "HTTP {status} redirect to {to}, not followed (a redirected POST would carry the secret elsewhere)"
+            )))
+        }
+        200..=299 => {
+            if answer.truncated {
+                return Err(Error::bad_response(format!("HTTP {status} with a body over {BODY_CAP} bytes")));
+            }
+            parse_response(&answer.body).map_err(|why| Error::bad_response(format!("HTTP {status}, but {why}")))
+        }
+        404 | 415 => Err(Error::config(described(format!("HTTP {status}")))),
+        401 | 403 => Err(Error::rejected(described(format!("HTTP {status}")))),
+        _ => {
+            let code = oauth_code(&answer.body);
+            let kind = match code.as_deref() {
+                Some("invalid_client" | "unauthorized_client" | "access_denied" | "invalid_grant") => ErrorKind::Rejected,
+                _ => ErrorKind::Config,
+            };
+            Err(Error::new(kind, described(format!("HTTP {status}"))))
+        }
+    }
+}
+
+fn oauth_object(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    match serde_json::from_slice(body).ok()? {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn oauth_code(body: &[u8]) -> Option<String> {
+    oauth_object(body)?.get("error")?.as_str().map(str::to_owned)
+}
+
+fn oauth_error(body: &[u8]) -> Option<String> {
+    let obj = oauth_object(body)?;
+    let err = obj.get("error")?;
+    Some(oauth_error_text(&obj, err))
+}

@@ -1,0 +1,275 @@
+//! The built-in wire kinds — `keycloak`, `auth0`, `oauth2` — as one [`HttpProvider`] driven by [`Settings`].
+//! They differ only in how the endpoint is found and the body encoded, which the settings already say.
+
+use std::sync::{Mutex, OnceLock};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::cache::CacheKey;
+use crate::config::{keycloak_token_url, AuthMethod, BodyFormat, Kind, Settings};
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{build_client, classify, send};
+use crate::provider::{FetchContext, Fetched, Provider};
+
+/// Everything outside `A-Z a-z 0-9 - . _ ~` is `%XX`-encoded, a space as `%20` (RFC 6749 §2.3.1, and what
+/// both strict servers and Keycloak accept).
+const BASIC_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The `Authorization: Basic` value for a client id and secret, each encoded before joining.
+pub fn basic_credentials(id: &str, secret: &str) -> String {
+    let joined = format!("{}:{}", utf8_percent_encode(id, BASIC_SET), utf8_percent_encode(secret, BASIC_SET));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(joined))
+}
+
+/// A token endpoint spoken to over HTTP, configured by [`Settings`].
+pub struct HttpProvider {
+    settings: Settings,
+    client: OnceLock<reqwest::Client>,
+    /// The endpoint learned in this process (discovery, or the other Keycloak layout).
+    learned: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for HttpProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpProvider").field("describe", &self.describe()).finish()
+    }
+}
+
+impl HttpProvider {
+    /// A provider for resolved `settings`. No client is built until the first fetch.
+    pub fn new(settings: Settings) -> Self {
+        HttpProvider {
+            settings,
+            client: OnceLock::new(),
+            learned: Mutex::new(None),
+        }
+    }
+
+    /// Uses the caller's `reqwest::Client` instead of building one (it should not follow redirects).
+    pub fn with_client(self, client: reqwest::Client) -> Self {
+        let _ = self.client.set(client);
+        self
+    }
+
+    /// The settings this provider was built from.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn client(&self) -> Result<&reqwest::Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let s = &self.settings;
+        let c = build_client(s.timeout, s.connect_timeout, s.ca_file.as_deref())?;
+        Ok(self.client.get_or_init(|| c))
+    }
+
+    fn learned(&self) -> Option<String> {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn learn(&self, endpoint: &str) {
+        *self.learned.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.to_owned());
+    }
+
+    /// Request parameters other than credentials, sorted.
+    fn params(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        let mut p: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
+        for (k, v) in [("audience", &s.audience), ("scope", &s.scope), ("resource", &s.resource)] {
+            if let Some(v) = v {
+                p.push((k.into(), v.clone()));
+            }
+        }
+        p.extend(s.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        p.sort();
+        p
+    }
+
+    async fn endpoint(&self, cx: &FetchContext<'_>) -> Result<String> {
+        if let Some(e) = self.learned() {
+            return Ok(e);
+        }
+        let s = &self.settings;
+        if let Some(u) = &s.token_url {
+            return Ok(u.to_string());
+        }
+        if let Some(hint) = cx.endpoint_hint {
+            return Ok(hint.to_owned());
+        }
+        match (s.kind, &s.auth_server, &s.realm, &s.issuer) {
+            (Kind::Keycloak, Some(server), Some(realm), _) => Ok(keycloak_token_url(server, realm, s.legacy_path)),
+            (_, _, _, Some(issuer)) => {
+                let e = self.discover(issuer).await?;
+                self.learn(&e);
+                Ok(e)
+            }
+            _ => Err(Error::config(format!("{}: no token endpoint configured", self.describe()))),
+        }
+    }
+
+    /// OIDC discovery first, then the RFC 8414 location.
+    async fn discover(&self, issuer: &url::Url) -> Result<String> {
+        let base = issuer.as_str().trim_end_matches('/');
+        let path = issuer.path().trim_end_matches('/');
+        let origin = issuer.origin().ascii_serialization();
+        let candidates = [
+            format!("{base}/.well-known/openid-configuration"),
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+        ];
+        let mut last = None;
+        for url in candidates {
+            let answer = send(self.client()?.get(&url)).await.map_err(|e| e.context(format!("discovery {url}")))?;
+            if answer.status == 200 {
+                let doc: Value = serde_json::from_slice(&answer.body)
+                    .map_err(|_| Error::bad_response(format!("discovery {url}: the body is not JSON")))?;
+                return match doc.get("token_endpoint").and_then(Value::as_str) {
+                    Some(t) if url::Url::parse(t).is_ok() => Ok(t.to_owned()),
+                    _ => Err(Error::bad_response(format!("discovery {url}: no valid `token_endpoint`"))),
+                };
+            }
+            last = Some(format!("{url}: HTTP {}", answer.status));
+        }
+        Err(Error::config(format!("discovery for issuer {issuer} failed ({})", last.unwrap_or_default())))
+    }
+
+    async fn post(&self, endpoint: &str, id: &SecretString, secret: &SecretString) -> Result<crate::http::Answer> {
+        let s = &self.settings;
+        let mut fields = self.params();
+        let mut req = self.client()?.post(endpoint).header("accept", "application/json");
+        match s.auth {
+            AuthMethod::ClientSecretPost => {
+                fields.push(("client_id".into(), id.expose_secret().to_owned()));
+                fields.push(("client_secret".into(), secret.expose_secret().to_owned()));
+            }
+            AuthMethod::ClientSecretBasic => {
+                req = req.header("authorization", basic_credentials(id.expose_secret(), secret.expose_secret()));
+            }
+        }
+        let body = match s.body {
+            BodyFormat::Form => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&fields).finish().into_bytes()
+            }
+            BodyFormat::Json => {
+                req = req.header("content-type", "application/json");
+                let map: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+                serde_json::to_vec(&map).map_err(|e| Error::internal(e.to_string()))?
+            }
+        };
+        send(req.body(body)).await
+    }
+
+    /// The other Keycloak layout (with or without `/auth`), when the endpoint is the derived one.
+    fn other_layout(&self, endpoint: &str) -> Option<(String, bool)> {
+        let s = &self.settings;
+        if s.kind != Kind::Keycloak || s.token_url.is_some() {
+            return None;
+        }
+        let (server, realm) = (s.auth_server.as_ref()?, s.realm.as_ref()?);
+        let legacy = keycloak_token_url(server, realm, true);
+        let modern = keycloak_token_url(server, realm, false);
+        if endpoint == legacy {
+            Some((modern, false))
+        } else if endpoint == modern {
+            Some((legacy, true))
+        } else {
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for HttpProvider {
+    fn describe(&self) -> String {
+        let s = &self.settings;
+        let mut d = format!("profile `{}`", s.profile);
+        if let Some(p) = &s.provider {
+            d.push_str(&format!(" (provider {p}"));
+            if let Some(e) = &s.environment {
+                d.push_str(&format!(", environment {e}"));
+            }
+            d.push(')');
+        }
+        d
+    }
+
+    fn cache_key(&self) -> Result<CacheKey> {
+        let s = &self.settings;
+        let id = s.client_id.key_material().map_err(|e| e.context(format!("{}: client_id", self.describe())))?;
+        let secret = s.client_secret.key_material().map_err(|e| e.context(format!("{}: client_secret", self.describe())))?;
+        let params: Vec<u8> = self.params().iter().flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat()).collect();
+        let endpoint = s.configured_endpoint();
+        Ok(CacheKey::from_parts([
+            b"broker-http-v1".as_slice(),
+            endpoint.as_bytes(),
+            s.kind.as_str().as_bytes(),
+            s.auth.as_str().as_bytes(),
+            s.body.as_str().as_bytes(),
+            &id,
+            &params,
+            &secret,
+        ]))
+    }
+
+    async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
+        let label = self.describe();
+        let id = self.settings.client_id.resolve().map_err(|e| e.context(format!("{label}: client_id")))?;
+        let secret = self.settings.client_secret.resolve().map_err(|e| e.context(format!("{label}: client_secret")))?;
+        let endpoint = self.endpoint(cx).await.map_err(|e| e.context(&label))?;
+        let requested_at = cx.clock.now();
+        let answer = self.post(&endpoint, &id, &secret).await.map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
+        let (endpoint, requested_at, answer) = match (answer.status, self.other_layout(&endpoint)) {
+            (404, Some((other, legacy))) => {
+                let requested_at = cx.clock.now();
+                let second = self.post(&other, &id, &secret).await.map_err(|e| e.context(format!("{label}: POST {other}")))?;
+                if second.status != 404 {
+                    tracing::warn!(
+                        "{label}: {endpoint} answered 404 but {other} works; using it from now on. \
+                         Add `legacy_path = {legacy}` to the profile to skip the extra request"
+                    );
+                    self.learn(&other);
+                    (other, requested_at, second)
+                } else {
+                    (endpoint, requested_at, answer)
+                }
+            }
+            _ => (endpoint, requested_at, answer),
+        };
+        let response = classify(&answer, cx.clock.now()).map_err(|e| {
+            let e = e.context(format!("{label}: POST {endpoint}"));
+            if e.kind() == ErrorKind::Config && answer.status == 404 {
+                let retry_at = e.retry_at();
+                Error::config(format!("{}; check `auth_server`, `realm` or `token_url`", e.message())).with_retry_at(retry_at)
+            } else {
+                e
+            }
+        })?;
+        if response.token_type.is_none() {
+            tracing::debug!("{label}: no token_type in the response; assuming bearer");
+        }
+        Ok(Fetched {
+            response,
+            requested_at,
+            endpoint: Some(endpoint),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_encode_each_part_before_joining() {
+        // RFC 6749 Appendix B: space as %20, `:` `+` `%` `/` `=` `&` escaped.
+        let v = basic_credentials("id:1", "a b+c%d/e=f&g~h");
+        let raw = base64::engine::general_purpose::STANDARD.decode(v.trim_start_matches("Basic ")).unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&raw), "id%3A1:a%20b%2Bc%25d%2Fe%3Df%26g~h");
+    }
+}
