@@ -1,1 +1,11 @@
-fn main(){}
+//! `broker`: OAuth2 client-credentials tokens for any API, cached and shared.
+
+mod cli;
+mod commands;
+mod context;
+mod dev_issuer;
+mod output;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}

@@ -90,7 +90,10 @@ struct Slot {
 
 impl Slot {
     fn get(&self) -> Option<Arc<AccessToken>> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     fn fresh(&self, now: SystemTime, min_ttl: Duration) -> Option<Arc<AccessToken>> {
         let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
@@ -135,7 +138,12 @@ impl BrokerBuilder {
     }
 
     /// Registers a profile served by `provider`.
-    pub fn profile(mut self, name: impl Into<String>, provider: Arc<dyn Provider>, policy: Policy) -> Self {
+    pub fn profile(
+        mut self,
+        name: impl Into<String>,
+        provider: Arc<dyn Provider>,
+        policy: Policy,
+    ) -> Self {
         let name = name.into();
         let p = Profile {
             name: name.clone(),
@@ -214,7 +222,14 @@ impl Broker {
                 if let Some(c) = crate::config::closest(name, names.iter().copied()) {
                     msg.push_str(&format!("; did you mean `{c}`?"));
                 }
-                msg.push_str(&format!("; known profiles: {}", if names.is_empty() { "none".into() } else { names.join(", ") }));
+                msg.push_str(&format!(
+                    "; known profiles: {}",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ));
                 Err(Error::config(msg))
             }
         }
@@ -230,7 +245,9 @@ impl Broker {
     }
 
     fn disk_for(&self, p: &Profile) -> Option<&DiskCache> {
-        (p.policy.cache == CacheMode::Disk).then_some(self.disk.as_ref()).flatten()
+        (p.policy.cache == CacheMode::Disk)
+            .then_some(self.disk.as_ref())
+            .flatten()
     }
 
     /// A fresh token from memory or disk, without asking the provider, building an HTTP client or
@@ -272,7 +289,10 @@ impl Broker {
     async fn refresh(&self, p: &Profile, req: &TokenRequest) -> Result<Arc<AccessToken>> {
         let min_ttl = req.min_ttl.unwrap_or(p.policy.min_ttl);
         if p.policy.cache == CacheMode::None {
-            let cx = FetchContext { clock: &*self.clock, endpoint_hint: None };
+            let cx = FetchContext {
+                clock: &*self.clock,
+                endpoint_hint: None,
+            };
             return self.fetch(p, &cx, None).await.map(|(t, _)| t);
         }
         let (key, slot) = self.keyed(p)?;
@@ -303,12 +323,22 @@ impl Broker {
                 let lock = d.lock(key, p.policy.lock_wait).await?;
                 let entry = d.read(key);
                 let now = self.clock.now();
-                if let Some(t) = self.adopt(entry.clone(), slot, now, min_ttl, asked_at, req.force_refresh) {
+                if let Some(t) = self.adopt(
+                    entry.clone(),
+                    slot,
+                    now,
+                    min_ttl,
+                    asked_at,
+                    req.force_refresh,
+                ) {
                     return Ok(t);
                 }
                 if let Some(e) = entry {
                     hint = e.endpoint;
-                    if previous.as_ref().is_none_or(|m| m.expires_at() < e.token.expires_at()) {
+                    if previous
+                        .as_ref()
+                        .is_none_or(|m| m.expires_at() < e.token.expires_at())
+                    {
                         previous = Some(Arc::new(e.token));
                     }
                 }
@@ -316,13 +346,22 @@ impl Broker {
             }
             None => None,
         };
-        let cx = FetchContext { clock: &*self.clock, endpoint_hint: hint.as_deref() };
+        let cx = FetchContext {
+            clock: &*self.clock,
+            endpoint_hint: hint.as_deref(),
+        };
         match self.fetch(p, &cx, previous.as_deref()).await {
             Ok((t, endpoint)) => {
                 if let Some(d) = disk {
-                    let entry = Entry { token: (*t).clone(), endpoint };
+                    let entry = Entry {
+                        token: (*t).clone(),
+                        endpoint,
+                    };
                     if let Err(e) = d.write(key, &entry, &p.name) {
-                        tracing::warn!("profile `{}`: token not saved to the disk cache: {e}", p.name);
+                        tracing::warn!(
+                            "profile `{}`: token not saved to the disk cache: {e}",
+                            p.name
+                        );
                     }
                 }
                 slot.install(Arc::clone(&t));
@@ -367,9 +406,15 @@ impl Broker {
         })
     }
 
-    async fn fetch(&self, p: &Profile, cx: &FetchContext<'_>, previous: Option<&AccessToken>) -> Result<(Arc<AccessToken>, Option<String>)> {
+    async fn fetch(
+        &self,
+        p: &Profile,
+        cx: &FetchContext<'_>,
+        previous: Option<&AccessToken>,
+    ) -> Result<(Arc<AccessToken>, Option<String>)> {
         let fetched = p.provider.fetch(cx).await?;
-        let (mut token, notes) = into_token(fetched.response, fetched.requested_at, p.policy.lifetime);
+        let (mut token, notes) =
+            into_token(fetched.response, fetched.requested_at, p.policy.lifetime);
         for n in notes {
             match n {
                 LifetimeNote::DefaultTtl => tracing::warn!(
@@ -389,7 +434,10 @@ impl Broker {
         if previous.is_some_and(|old| old.same_secret(&token)) {
             // The provider handed back its cached token: do not ask again too soon.
             let pause = (token.margin(p.policy.min_ttl) / 2).max(SAME_TOKEN_PAUSE_FLOOR);
-            tracing::debug!("profile `{}`: provider returned the same token; pausing refreshes for {pause:?}", p.name);
+            tracing::debug!(
+                "profile `{}`: provider returned the same token; pausing refreshes for {pause:?}",
+                p.name
+            );
             token = token.with_refresh_not_before(Some(self.clock.now() + pause));
         }
         Ok((Arc::new(token), fetched.endpoint))
@@ -400,7 +448,11 @@ impl Broker {
         let p = self.profile(profile)?;
         let (key, slot) = self.keyed(p)?;
         let best = match (slot.get(), self.disk_for(p).and_then(|d| d.read(key))) {
-            (Some(m), Some(d)) => Some(if m.expires_at() >= d.token.expires_at() { m.expires_at() } else { d.token.expires_at() }),
+            (Some(m), Some(d)) => Some(if m.expires_at() >= d.token.expires_at() {
+                m.expires_at()
+            } else {
+                d.token.expires_at()
+            }),
             (Some(m), None) => Some(m.expires_at()),
             (None, Some(d)) => Some(d.token.expires_at()),
             (None, None) => None,

@@ -76,8 +76,13 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     if f.access_token.is_empty() {
         return Err("empty token".into());
     }
-    let token = AccessToken::new(SecretString::from(f.access_token), f.token_type, obtained, expires)
-        .with_refresh_not_before(f.refresh_not_before.and_then(from_unix));
+    let token = AccessToken::new(
+        SecretString::from(f.access_token),
+        f.token_type,
+        obtained,
+        expires,
+    )
+    .with_refresh_not_before(f.refresh_not_before.and_then(from_unix));
     Ok(Entry {
         token,
         endpoint: f.endpoint,
@@ -142,7 +147,10 @@ impl DiskCache {
         match decode_entry(&bytes) {
             Ok(e) => Some(e),
             Err(why) => {
-                tracing::warn!("ignoring cache entry {} ({why}); it will be replaced", path.display());
+                tracing::warn!(
+                    "ignoring cache entry {} ({why}); it will be replaced",
+                    path.display()
+                );
                 None
             }
         }
@@ -168,7 +176,10 @@ impl DiskCache {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(Error::internal(format!("cannot lock {}: {e}", path.display())))
+                    return Err(Error::internal(format!(
+                        "cannot lock {}: {e}",
+                        path.display()
+                    )))
                 }
             }
         }
@@ -180,12 +191,22 @@ impl DiskCache {
         ensure_private_dir(&self.dir)?;
         let stem = key.hex();
         self.sweep_temp(&stem);
-        let io = |e: std::io::Error| Error::internal(format!("cannot write cache entry in {}: {e}", self.dir.display()));
-        let mut tmp = tempfile::Builder::new().prefix(&format!("{stem}.tmp")).tempfile_in(&self.dir).map_err(io)?;
+        let io = |e: std::io::Error| {
+            Error::internal(format!(
+                "cannot write cache entry in {}: {e}",
+                self.dir.display()
+            ))
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!("{stem}.tmp"))
+            .tempfile_in(&self.dir)
+            .map_err(io)?;
         tmp.write_all(&encode_entry(entry, profile)).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(self.entry_path(key)).map_err(|e| io(e.error))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
@@ -214,12 +235,15 @@ impl DiskCache {
     /// Removes every entry, lock and temp file. Returns the number of entries removed.
     pub fn clear(&self) -> Result<usize> {
         let mut n = 0;
-        let Ok(dir) = fs::read_dir(&self.dir) else { return Ok(0) };
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let ours = name.len() > 64 && name[..64].bytes().all(|b| b.is_ascii_hexdigit());
             if ours && e.path().is_file() {
-                fs::remove_file(e.path()).map_err(|err| Error::internal(format!("cannot remove {name}: {err}")))?;
+                fs::remove_file(e.path())
+                    .map_err(|err| Error::internal(format!("cannot remove {name}: {err}")))?;
                 n += usize::from(name.ends_with(".json"));
             }
         }
@@ -251,8 +275,20 @@ mod tests {
         let cache = DiskCache::new(dir.path().join("broker"));
         let key = CacheKey::from_parts([b"a".as_slice()]);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let tok = AccessToken::new(SecretString::from("tok".to_owned()), "Bearer", now, now + Duration::from_secs(300));
-        cache.write(&key, &Entry { token: tok, endpoint: Some("https://x/token".into()) }, "p")?;
+        let tok = AccessToken::new(
+            SecretString::from("tok".to_owned()),
+            "Bearer",
+            now,
+            now + Duration::from_secs(300),
+        );
+        cache.write(
+            &key,
+            &Entry {
+                token: tok,
+                endpoint: Some("https://x/token".into()),
+            },
+            "p",
+        )?;
         let back = cache.read(&key).ok_or("no entry")?;
         assert_eq!(back.token.secret().expose_secret(), "tok");
         assert_eq!(back.token.expires_at(), now + Duration::from_secs(300));

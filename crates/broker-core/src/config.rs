@@ -40,7 +40,12 @@ impl SourceFile {
     }
 
     /// An error pointing at `span` in this file, drawn with the source line and a caret.
-    pub fn error(&self, span: Range<usize>, message: impl fmt::Display, hint: Option<String>) -> Error {
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        message: impl fmt::Display,
+        hint: Option<String>,
+    ) -> Error {
         let (line, col) = self.line_col(span.start);
         let text = self.text.lines().nth(line - 1).unwrap_or("");
         let width = self.text[span.start.min(self.text.len())..span.end.min(self.text.len())]
@@ -73,7 +78,10 @@ pub struct Origin {
 impl Origin {
     /// A value given on the command line or by an embedder.
     pub fn command_line() -> Self {
-        Origin { file: None, span: 0..0 }
+        Origin {
+            file: None,
+            span: 0..0,
+        }
     }
 
     /// An error about the value written here.
@@ -217,16 +225,29 @@ impl Ctx<'_> {
         )
     }
     fn string<'v>(&self, key: &str, v: &'v Val<'_>) -> Result<&'v str> {
-        v.get_ref().as_str().ok_or_else(|| self.wrong_type(key, v, "a string"))
+        v.get_ref()
+            .as_str()
+            .ok_or_else(|| self.wrong_type(key, v, "a string"))
     }
     fn table<'v, 'i>(&self, key: &str, v: &'v Val<'i>) -> Result<&'v DeTable<'i>> {
-        v.get_ref().as_table().ok_or_else(|| self.wrong_type(key, v, "a table"))
+        v.get_ref()
+            .as_table()
+            .ok_or_else(|| self.wrong_type(key, v, "a table"))
     }
-    fn unknown_key(&self, key: &Spanned<std::borrow::Cow<'_, str>>, valid: &[&str], what: &str) -> Error {
+    fn unknown_key(
+        &self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        valid: &[&str],
+        what: &str,
+    ) -> Error {
         let hint = closest(key.get_ref(), valid.iter().copied())
             .map(|c| format!("did you mean `{c}`?"))
             .or_else(|| Some(format!("valid keys here: {}", valid.join(", "))));
-        self.err(key.span(), format!("unknown key `{}` in {what}", key.get_ref()), hint)
+        self.err(
+            key.span(),
+            format!("unknown key `{}` in {what}", key.get_ref()),
+            hint,
+        )
     }
 }
 
@@ -245,7 +266,9 @@ fn p_str(cx: &Ctx, key: &str, v: &Val) -> Result<String> {
 }
 
 fn p_bool(cx: &Ctx, key: &str, v: &Val) -> Result<bool> {
-    v.get_ref().as_bool().ok_or_else(|| cx.wrong_type(key, v, "true or false"))
+    v.get_ref()
+        .as_bool()
+        .ok_or_else(|| cx.wrong_type(key, v, "true or false"))
 }
 
 fn p_url(cx: &Ctx, key: &str, v: &Val) -> Result<Url> {
@@ -268,10 +291,13 @@ fn p_path(cx: &Ctx, key: &str, v: &Val) -> Result<PathBuf> {
 }
 
 fn p_duration(cx: &Ctx, key: &str, v: &Val) -> Result<Duration> {
-    let s = v
-        .get_ref()
-        .as_str()
-        .ok_or_else(|| cx.wrong_type(key, v, "a duration string such as \"90s\", \"5m\" or \"1h30m\""))?;
+    let s = v.get_ref().as_str().ok_or_else(|| {
+        cx.wrong_type(
+            key,
+            v,
+            "a duration string such as \"90s\", \"5m\" or \"1h30m\"",
+        )
+    })?;
     crate::duration::parse(s).map_err(|e| cx.err(v.span(), format!("`{key}`: {e}"), None))
 }
 
@@ -297,15 +323,31 @@ fn p_header(cx: &Ctx, key: &str, v: &Val) -> Result<String> {
 
 fn p_choice<T: Copy>(cx: &Ctx, key: &str, v: &Val, choices: &[(&str, T)]) -> Result<T> {
     let s = cx.string(key, v)?;
-    choices.iter().find(|(n, _)| *n == s).map(|(_, t)| *t).ok_or_else(|| {
-        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-        let hint = closest(s, names.iter().copied()).map_or_else(|| format!("one of: {}", names.join(", ")), |c| format!("did you mean `{c}`?"));
-        cx.err(v.span(), format!("unknown {key} `{s}`"), Some(hint))
-    })
+    choices
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            let hint = closest(s, names.iter().copied()).map_or_else(
+                || format!("one of: {}", names.join(", ")),
+                |c| format!("did you mean `{c}`?"),
+            );
+            cx.err(v.span(), format!("unknown {key} `{s}`"), Some(hint))
+        })
 }
 
 fn p_kind(cx: &Ctx, key: &str, v: &Val) -> Result<Kind> {
-    p_choice(cx, key, v, &[("keycloak", Kind::Keycloak), ("auth0", Kind::Auth0), ("oauth2", Kind::OAuth2)])
+    p_choice(
+        cx,
+        key,
+        v,
+        &[
+            ("keycloak", Kind::Keycloak),
+            ("auth0", Kind::Auth0),
+            ("oauth2", Kind::OAuth2),
+        ],
+    )
 }
 
 fn p_auth(cx: &Ctx, key: &str, v: &Val) -> Result<AuthMethod> {
@@ -313,16 +355,33 @@ fn p_auth(cx: &Ctx, key: &str, v: &Val) -> Result<AuthMethod> {
         cx,
         key,
         v,
-        &[("client_secret_post", AuthMethod::ClientSecretPost), ("client_secret_basic", AuthMethod::ClientSecretBasic)],
+        &[
+            ("client_secret_post", AuthMethod::ClientSecretPost),
+            ("client_secret_basic", AuthMethod::ClientSecretBasic),
+        ],
     )
 }
 
 fn p_body(cx: &Ctx, key: &str, v: &Val) -> Result<BodyFormat> {
-    p_choice(cx, key, v, &[("form", BodyFormat::Form), ("json", BodyFormat::Json)])
+    p_choice(
+        cx,
+        key,
+        v,
+        &[("form", BodyFormat::Form), ("json", BodyFormat::Json)],
+    )
 }
 
 fn p_cache(cx: &Ctx, key: &str, v: &Val) -> Result<CacheMode> {
-    p_choice(cx, key, v, &[("disk", CacheMode::Disk), ("memory", CacheMode::Memory), ("none", CacheMode::None)])
+    p_choice(
+        cx,
+        key,
+        v,
+        &[
+            ("disk", CacheMode::Disk),
+            ("memory", CacheMode::Memory),
+            ("none", CacheMode::None),
+        ],
+    )
 }
 
 fn p_params(cx: &Ctx, key: &str, v: &Val) -> Result<BTreeMap<String, String>> {
@@ -350,8 +409,14 @@ fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
                 "env" => Ok(SecretSource::Env(p_str(cx, "env", val)?)),
                 "file" => Ok(SecretSource::File(PathBuf::from(cx.string("file", val)?))),
                 "command" => {
-                    let arr = val.get_ref().as_array().ok_or_else(|| cx.wrong_type("command", val, "an array of strings"))?;
-                    let argv = arr.iter().map(|a| p_str(cx, "command", a)).collect::<Result<Vec<_>>>()?;
+                    let arr = val
+                        .get_ref()
+                        .as_array()
+                        .ok_or_else(|| cx.wrong_type("command", val, "an array of strings"))?;
+                    let argv = arr
+                        .iter()
+                        .map(|a| p_str(cx, "command", a))
+                        .collect::<Result<Vec<_>>>()?;
                     if argv.is_empty() {
                         return Err(cx.err(val.span(), "`command` is empty", None));
                     }
@@ -621,7 +686,12 @@ pub const DEFAULT_HEADER: &str = "Authorization: Bearer {token}";
 fn parse_toml<'a>(file: &'a Arc<SourceFile>) -> Result<Spanned<DeTable<'a>>> {
     DeTable::parse(&file.text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let msg = e.message().lines().next().unwrap_or("invalid TOML").to_owned();
+        let msg = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_owned();
         file.error(span, format!("TOML syntax error: {msg}"), None)
     })
 }
@@ -637,7 +707,11 @@ fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<ProviderDef> {
         default_environment: None,
         environments: BTreeMap::new(),
     };
-    let top_keys: Vec<&str> = Fields::NAMES.iter().copied().chain(["description", "default_environment", "environments"]).collect();
+    let top_keys: Vec<&str> = Fields::NAMES
+        .iter()
+        .copied()
+        .chain(["description", "default_environment", "environments"])
+        .collect();
     for (k, v) in doc.get_ref().iter() {
         match k.get_ref().as_ref() {
             "description" => def.description = Some(p_str(&cx, "description", v)?),
@@ -655,11 +729,21 @@ fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<ProviderDef> {
                     };
                     for (ek, ev) in cx.table(env_name.get_ref(), env)?.iter() {
                         if ek.get_ref() == "aliases" {
-                            let arr = ev.get_ref().as_array().ok_or_else(|| cx.wrong_type("aliases", ev, "an array of strings"))?;
-                            e.aliases = arr.iter().map(|a| p_str(&cx, "aliases", a)).collect::<Result<_>>()?;
+                            let arr = ev.get_ref().as_array().ok_or_else(|| {
+                                cx.wrong_type("aliases", ev, "an array of strings")
+                            })?;
+                            e.aliases = arr
+                                .iter()
+                                .map(|a| p_str(&cx, "aliases", a))
+                                .collect::<Result<_>>()?;
                         } else if !e.fields.take(&cx, ek, ev)? {
-                            let valid: Vec<&str> = Fields::NAMES.iter().copied().chain(["aliases"]).collect();
-                            return Err(cx.unknown_key(ek, &valid, &format!("environment `{}`", env_name.get_ref())));
+                            let valid: Vec<&str> =
+                                Fields::NAMES.iter().copied().chain(["aliases"]).collect();
+                            return Err(cx.unknown_key(
+                                ek,
+                                &valid,
+                                &format!("environment `{}`", env_name.get_ref()),
+                            ));
                         }
                     }
                     def.environments.insert(env_name.get_ref().to_string(), e);
@@ -676,7 +760,10 @@ fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<ProviderDef> {
         if def.environment(&d.value).is_none() {
             let names: Vec<&str> = def.environments.keys().map(String::as_str).collect();
             return Err(d.origin.error(
-                format!("default_environment `{}` is not one of this provider's environments", d.value),
+                format!(
+                    "default_environment `{}` is not one of this provider's environments",
+                    d.value
+                ),
                 Some(format!("environments: {}", names.join(", "))),
             ));
         }
@@ -684,7 +771,11 @@ fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<ProviderDef> {
     Ok(def)
 }
 
-fn parse_config_file(file: &Arc<SourceFile>, defaults: &mut Fields, profiles: &mut BTreeMap<String, ProfileDef>) -> Result<()> {
+fn parse_config_file(
+    file: &Arc<SourceFile>,
+    defaults: &mut Fields,
+    profiles: &mut BTreeMap<String, ProfileDef>,
+) -> Result<()> {
     let doc = parse_toml(file)?;
     let cx = Ctx { file };
     for (k, v) in doc.get_ref().iter() {
@@ -707,14 +798,30 @@ fn parse_config_file(file: &Arc<SourceFile>, defaults: &mut Fields, profiles: &m
                     };
                     for (pk, pv) in cx.table(name.get_ref(), table)?.iter() {
                         match pk.get_ref().as_ref() {
-                            "provider" => p.provider = Some(Located { value: p_str(&cx, "provider", pv)?, origin: cx.origin(pv.span()) }),
+                            "provider" => {
+                                p.provider = Some(Located {
+                                    value: p_str(&cx, "provider", pv)?,
+                                    origin: cx.origin(pv.span()),
+                                })
+                            }
                             "environment" => {
-                                p.environment = Some(Located { value: p_str(&cx, "environment", pv)?, origin: cx.origin(pv.span()) })
+                                p.environment = Some(Located {
+                                    value: p_str(&cx, "environment", pv)?,
+                                    origin: cx.origin(pv.span()),
+                                })
                             }
                             _ => {
                                 if !p.fields.take(&cx, pk, pv)? {
-                                    let valid: Vec<&str> = Fields::NAMES.iter().copied().chain(["provider", "environment"]).collect();
-                                    return Err(cx.unknown_key(pk, &valid, &format!("profile `{}`", name.get_ref())));
+                                    let valid: Vec<&str> = Fields::NAMES
+                                        .iter()
+                                        .copied()
+                                        .chain(["provider", "environment"])
+                                        .collect();
+                                    return Err(cx.unknown_key(
+                                        pk,
+                                        &valid,
+                                        &format!("profile `{}`", name.get_ref()),
+                                    ));
                                 }
                             }
                         }
@@ -729,7 +836,8 @@ fn parse_config_file(file: &Arc<SourceFile>, defaults: &mut Fields, profiles: &m
 }
 
 fn read_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
 }
 
 impl Config {
@@ -737,7 +845,14 @@ impl Config {
     pub fn load(opts: &LoadOptions) -> Result<Config> {
         let mut files = Vec::new();
         for (name, text) in &opts.builtin_providers {
-            files.push((name.clone(), Arc::new(SourceFile { name: format!("<built-in>/{name}.toml"), text: text.clone() }), true));
+            files.push((
+                name.clone(),
+                Arc::new(SourceFile {
+                    name: format!("<built-in>/{name}.toml"),
+                    text: text.clone(),
+                }),
+                true,
+            ));
         }
         if let Some(dir) = &opts.providers_dir {
             if dir.is_dir() {
@@ -748,16 +863,33 @@ impl Config {
                     .collect();
                 paths.sort();
                 for path in paths {
-                    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let text = read_file(&path)?;
-                    files.push((name, Arc::new(SourceFile { name: path.display().to_string(), text }), true));
+                    files.push((
+                        name,
+                        Arc::new(SourceFile {
+                            name: path.display().to_string(),
+                            text,
+                        }),
+                        true,
+                    ));
                 }
             }
         }
         if let Some(path) = &opts.config_file {
             if path.exists() || opts.config_file_required {
                 let text = read_file(path)?;
-                files.push((String::new(), Arc::new(SourceFile { name: path.display().to_string(), text }), false));
+                files.push((
+                    String::new(),
+                    Arc::new(SourceFile {
+                        name: path.display().to_string(),
+                        text,
+                    }),
+                    false,
+                ));
             }
         }
         let mut config = Config::default();
@@ -769,7 +901,9 @@ impl Config {
             hasher.update([0]);
             if *is_provider {
                 // A user file with a built-in's name replaces it whole.
-                config.providers.insert(name.clone(), parse_provider(name, file)?);
+                config
+                    .providers
+                    .insert(name.clone(), parse_provider(name, file)?);
             } else {
                 parse_config_file(file, &mut config.defaults, &mut config.profiles)?;
             }
@@ -818,7 +952,11 @@ impl Config {
         if names.is_empty() {
             msg.push_str(&format!(
                 "; no profiles are configured (files read: {})",
-                if self.files.is_empty() { "none".to_owned() } else { self.files.join(", ") }
+                if self.files.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.files.join(", ")
+                }
             ));
         } else {
             msg.push_str(&format!("; known profiles: {}", names.join(", ")));
@@ -828,33 +966,48 @@ impl Config {
 
     /// Resolves a profile: precedence, environment, defaults, validation.
     pub fn resolve(&self, name: &str, overrides: &Overrides) -> Result<Settings> {
-        let def = self.profiles.get(name).ok_or_else(|| self.unknown_profile(name))?;
+        let def = self
+            .profiles
+            .get(name)
+            .ok_or_else(|| self.unknown_profile(name))?;
         let mut f = Fields::default();
         let mut provider_name = None;
         let mut environment = None;
         if let Some(p) = &def.provider {
             let provider = self.providers.get(&p.value).ok_or_else(|| {
                 let names: Vec<&str> = self.providers.keys().map(String::as_str).collect();
-                let hint = closest(&p.value, names.iter().copied())
-                    .map_or_else(|| format!("known providers: {}", names.join(", ")), |c| format!("did you mean `{c}`?"));
-                p.origin.error(format!("unknown provider `{}`", p.value), Some(hint))
+                let hint = closest(&p.value, names.iter().copied()).map_or_else(
+                    || format!("known providers: {}", names.join(", ")),
+                    |c| format!("did you mean `{c}`?"),
+                );
+                p.origin
+                    .error(format!("unknown provider `{}`", p.value), Some(hint))
             })?;
             f.overlay(&provider.fields);
-            let env_name = def.environment.as_ref().or(provider.default_environment.as_ref());
+            let env_name = def
+                .environment
+                .as_ref()
+                .or(provider.default_environment.as_ref());
             if let Some(env_name) = env_name {
                 let (canonical, env) = provider.environment(&env_name.value).ok_or_else(|| {
                     let names: Vec<&str> = provider
                         .environments
                         .iter()
-                        .flat_map(|(n, e)| std::iter::once(n.as_str()).chain(e.aliases.iter().map(String::as_str)))
+                        .flat_map(|(n, e)| {
+                            std::iter::once(n.as_str()).chain(e.aliases.iter().map(String::as_str))
+                        })
                         .collect();
                     let hint = closest(&env_name.value, names.iter().copied()).map_or_else(
                         || format!("environments of `{}`: {}", provider.name, names.join(", ")),
                         |c| format!("did you mean `{c}`?"),
                     );
-                    env_name
-                        .origin
-                        .error(format!("provider `{}` has no environment `{}`", provider.name, env_name.value), Some(hint))
+                    env_name.origin.error(
+                        format!(
+                            "provider `{}` has no environment `{}`",
+                            provider.name, env_name.value
+                        ),
+                        Some(hint),
+                    )
                 })?;
                 f.overlay(&env.fields);
                 environment = Some(canonical.to_owned());
@@ -872,13 +1025,22 @@ impl Config {
         f.overlay(&def.fields);
         let cli = Origin::command_line();
         if let Some(v) = overrides.min_ttl {
-            f.min_ttl = Some(Located { value: v, origin: cli.clone() });
+            f.min_ttl = Some(Located {
+                value: v,
+                origin: cli.clone(),
+            });
         }
         if let Some(v) = &overrides.scope {
-            f.scope = Some(Located { value: v.clone(), origin: cli.clone() });
+            f.scope = Some(Located {
+                value: v.clone(),
+                origin: cli.clone(),
+            });
         }
         if let Some(v) = &overrides.audience {
-            f.audience = Some(Located { value: v.clone(), origin: cli.clone() });
+            f.audience = Some(Located {
+                value: v.clone(),
+                origin: cli.clone(),
+            });
         }
         settle(name, def, provider_name, environment, f)
     }
@@ -897,28 +1059,53 @@ fn val<T: Clone>(x: &Option<Located<T>>) -> Option<T> {
     x.as_ref().map(|l| l.value.clone())
 }
 
-fn settle(name: &str, def: &ProfileDef, provider: Option<String>, environment: Option<String>, f: Fields) -> Result<Settings> {
+fn settle(
+    name: &str,
+    def: &ProfileDef,
+    provider: Option<String>,
+    environment: Option<String>,
+    f: Fields,
+) -> Result<Settings> {
     let missing = |field: &str, hint: &str| {
-        def.origin.error(format!("profile `{name}` has no `{field}`"), Some(hint.to_owned()))
+        def.origin.error(
+            format!("profile `{name}` has no `{field}`"),
+            Some(hint.to_owned()),
+        )
     };
-    let kind = val(&f.kind).ok_or_else(|| missing("kind", "set `provider = \"...\"` or `kind = \"keycloak\" | \"auth0\" | \"oauth2\"`"))?;
+    let kind = val(&f.kind).ok_or_else(|| {
+        missing(
+            "kind",
+            "set `provider = \"...\"` or `kind = \"keycloak\" | \"auth0\" | \"oauth2\"`",
+        )
+    })?;
     match kind {
         Kind::Keycloak if f.token_url.is_none() => {
             if f.auth_server.is_none() {
-                return Err(missing("auth_server", "keycloak needs `auth_server` and `realm` (or `token_url`)"));
+                return Err(missing(
+                    "auth_server",
+                    "keycloak needs `auth_server` and `realm` (or `token_url`)",
+                ));
             }
             if f.realm.is_none() {
-                return Err(missing("realm", "keycloak needs `auth_server` and `realm` (or `token_url`)"));
+                return Err(missing(
+                    "realm",
+                    "keycloak needs `auth_server` and `realm` (or `token_url`)",
+                ));
             }
         }
-        Kind::Auth0 if f.token_url.is_none() => return Err(missing("token_url", "auth0 needs `token_url`")),
+        Kind::Auth0 if f.token_url.is_none() => {
+            return Err(missing("token_url", "auth0 needs `token_url`"))
+        }
         Kind::OAuth2 if f.token_url.is_none() && f.issuer.is_none() => {
             return Err(missing("token_url", "oauth2 needs `token_url` or `issuer`"))
         }
         _ => {}
     }
     let allow_http = val(&f.allow_http).unwrap_or(false);
-    for url in [&f.token_url, &f.issuer, &f.auth_server].into_iter().flatten() {
+    for url in [&f.token_url, &f.issuer, &f.auth_server]
+        .into_iter()
+        .flatten()
+    {
         if url.value.scheme() == "http" && !allow_http && !is_loopback(&url.value) {
             return Err(url.origin.error(
                 "plain http:// to a non-loopback host would send the client secret unencrypted",
@@ -926,9 +1113,18 @@ fn settle(name: &str, def: &ProfileDef, provider: Option<String>, environment: O
             ));
         }
     }
-    let client_id = val(&f.client_id).ok_or_else(|| missing("client_id", "add `client_id = { env = \"MY_CLIENT_ID\" }` to the profile"))?;
-    let client_secret =
-        val(&f.client_secret).ok_or_else(|| missing("client_secret", "add `client_secret = { env = \"MY_CLIENT_SECRET\" }` to the profile"))?;
+    let client_id = val(&f.client_id).ok_or_else(|| {
+        missing(
+            "client_id",
+            "add `client_id = { env = \"MY_CLIENT_ID\" }` to the profile",
+        )
+    })?;
+    let client_secret = val(&f.client_secret).ok_or_else(|| {
+        missing(
+            "client_secret",
+            "add `client_secret = { env = \"MY_CLIENT_SECRET\" }` to the profile",
+        )
+    })?;
     Ok(Settings {
         profile: name.to_owned(),
         provider,
@@ -944,7 +1140,11 @@ fn settle(name: &str, def: &ProfileDef, provider: Option<String>, environment: O
         client_id,
         client_secret,
         auth: val(&f.auth).unwrap_or(AuthMethod::ClientSecretPost),
-        body: val(&f.body).unwrap_or(if kind == Kind::Auth0 { BodyFormat::Json } else { BodyFormat::Form }),
+        body: val(&f.body).unwrap_or(if kind == Kind::Auth0 {
+            BodyFormat::Json
+        } else {
+            BodyFormat::Form
+        }),
         audience: val(&f.audience),
         scope: val(&f.scope),
         resource: val(&f.resource),
@@ -970,7 +1170,9 @@ impl Settings {
             return u.to_string();
         }
         match (self.kind, &self.auth_server, &self.realm, &self.issuer) {
-            (Kind::Keycloak, Some(server), Some(realm), _) => keycloak_token_url(server, realm, self.legacy_path),
+            (Kind::Keycloak, Some(server), Some(realm), _) => {
+                keycloak_token_url(server, realm, self.legacy_path)
+            }
             (_, _, _, Some(issuer)) => format!("discovery:{issuer}"),
             _ => String::new(),
         }
@@ -1010,7 +1212,12 @@ impl Settings {
             ("timeout", d(self.timeout)),
             ("connect_timeout", d(self.connect_timeout)),
             ("retry", d(self.retry)),
-            ("ca_file", self.ca_file.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
+            (
+                "ca_file",
+                self.ca_file
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |p| p.display().to_string()),
+            ),
             ("allow_http", self.allow_http.to_string()),
         ]
     }
@@ -1020,7 +1227,10 @@ impl Settings {
 pub fn keycloak_token_url(server: &Url, realm: &str, legacy: bool) -> String {
     let base = server.as_str().trim_end_matches('/');
     let realm: String = url::form_urlencoded::byte_serialize(realm.as_bytes()).collect();
-    format!("{base}{}/realms/{realm}/protocol/openid-connect/token", if legacy { "/auth" } else { "" })
+    format!(
+        "{base}{}/realms/{realm}/protocol/openid-connect/token",
+        if legacy { "/auth" } else { "" }
+    )
 }
 
 #[cfg(test)]
@@ -1053,7 +1263,11 @@ min_ttl = "2m"
 "#;
 
     fn err(provider: &str, config: &str) -> String {
-        load(provider, config).and_then(|c| c.resolve("x", &Overrides::default())).err().map(|e| e.to_string()).unwrap_or_default()
+        load(provider, config)
+            .and_then(|c| c.resolve("x", &Overrides::default()))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -1072,25 +1286,45 @@ client_secret = "s"
 max_ttl = "2h"
 "#,
         );
-        let s = c.and_then(|c| c.resolve("x", &Overrides { scope: Some("a b".into()), ..Default::default() }));
+        let s = c.and_then(|c| {
+            c.resolve(
+                "x",
+                &Overrides {
+                    scope: Some("a b".into()),
+                    ..Default::default()
+                },
+            )
+        });
         let s = s.map_err(|e| e.to_string());
         let s = match s {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         };
         assert_eq!(s.environment.as_deref(), Some("staging"));
-        assert_eq!(s.auth_server.as_ref().map(Url::as_str), Some("https://staging-auth.example.com/"));
+        assert_eq!(
+            s.auth_server.as_ref().map(Url::as_str),
+            Some("https://staging-auth.example.com/")
+        );
         assert_eq!(s.min_ttl, Duration::from_secs(180));
         assert_eq!(s.max_ttl, Duration::from_secs(7200));
         assert_eq!(s.scope.as_deref(), Some("a b"));
         assert_eq!(s.header, "Authorization: {token}");
-        assert_eq!(s.configured_endpoint(), "https://staging-auth.example.com/realms/api-keys/protocol/openid-connect/token");
+        assert_eq!(
+            s.configured_endpoint(),
+            "https://staging-auth.example.com/realms/api-keys/protocol/openid-connect/token"
+        );
     }
 
     #[test]
     fn unknown_key_names_file_line_column_and_closest() {
-        let e = err(PROVIDER, "[profiles.x]\nprovider = \"p\"\nclinet_id = \"a\"\n");
-        assert!(e.contains("config.toml:3:1: unknown key `clinet_id`"), "{e}");
+        let e = err(
+            PROVIDER,
+            "[profiles.x]\nprovider = \"p\"\nclinet_id = \"a\"\n",
+        );
+        assert!(
+            e.contains("config.toml:3:1: unknown key `clinet_id`"),
+            "{e}"
+        );
         assert!(e.contains("did you mean `client_id`?"), "{e}");
     }
 
@@ -1104,15 +1338,24 @@ max_ttl = "2h"
     #[test]
     fn wrong_type_and_syntax_errors_have_positions() {
         let e = err(PROVIDER, "[profiles.x]\nmin_ttl = 5\n");
-        assert!(e.contains("config.toml:2:11: `min_ttl` must be a duration"), "{e}");
+        assert!(
+            e.contains("config.toml:2:11: `min_ttl` must be a duration"),
+            "{e}"
+        );
         let e = err(PROVIDER, "[profiles.x\n");
-        assert!(e.contains("config.toml:1:") && e.contains("TOML syntax error"), "{e}");
+        assert!(
+            e.contains("config.toml:1:") && e.contains("TOML syntax error"),
+            "{e}"
+        );
     }
 
     #[test]
     fn plain_http_to_remote_hosts_is_refused() {
         let e = err("", "[profiles.x]\nkind = \"oauth2\"\ntoken_url = \"http://example.com/token\"\nclient_id = \"a\"\nclient_secret = \"b\"\n");
-        assert!(e.contains("config.toml:3:13:") && e.contains("allow_http"), "{e}");
+        assert!(
+            e.contains("config.toml:3:13:") && e.contains("allow_http"),
+            "{e}"
+        );
         let ok = load("", "[profiles.x]\nkind = \"oauth2\"\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"a\"\nclient_secret = \"b\"\n")
             .and_then(|c| c.resolve("x", &Overrides::default()));
         assert!(ok.is_ok());
@@ -1125,6 +1368,9 @@ max_ttl = "2h"
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("did you mean `ion-prod`?") && e.contains("known profiles: ion-prod"), "{e}");
+        assert!(
+            e.contains("did you mean `ion-prod`?") && e.contains("known profiles: ion-prod"),
+            "{e}"
+        );
     }
 }

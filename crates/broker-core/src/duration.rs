@@ -11,7 +11,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if t.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!("`{t}` has no unit: write `{t}s`"));
     }
-    humantime::parse_duration(t).map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. `90s`, `5m`, `1h30m`"))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. `90s`, `5m`, `1h30m`"))
 }
 
 /// Formats a duration compactly (`1h30m`, `45s`).

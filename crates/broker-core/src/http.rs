@@ -14,7 +14,11 @@ use crate::token::{oauth_error_text, parse_response, TokenResponse};
 pub const BODY_CAP: usize = 1 << 20;
 
 /// Builds the client used for token requests. Called only when a fetch is needed, never on a cache hit.
-pub fn build_client(timeout: Duration, connect_timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client> {
+pub fn build_client(
+    timeout: Duration,
+    connect_timeout: Duration,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
@@ -22,17 +26,22 @@ pub fn build_client(timeout: Duration, connect_timeout: Duration, ca_file: Optio
         .user_agent(concat!("broker/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let path = crate::secret::expand_home(path);
-        let pem = std::fs::read(&path).map_err(|e| Error::config(format!("cannot read ca_file {}: {e}", path.display())))?;
+        let pem = std::fs::read(&path)
+            .map_err(|e| Error::config(format!("cannot read ca_file {}: {e}", path.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| Error::config(format!("ca_file {} is not PEM: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(Error::config(format!("ca_file {} holds no certificates", path.display())));
+            return Err(Error::config(format!(
+                "ca_file {} holds no certificates",
+                path.display()
+            )));
         }
         for c in certs {
             b = b.add_root_certificate(c);
         }
     }
-    b.build().map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))
+    b.build()
+        .map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))
 }
 
 /// An HTTP answer, body read up to [`BODY_CAP`].
@@ -90,7 +99,12 @@ fn transport_error(e: reqwest::Error) -> Error {
 
 /// When the server says to come back: `Retry-After` (seconds or HTTP date), else Auth0's `x-ratelimit-reset`.
 pub fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(v) = get("retry-after") {
         if let Ok(secs) = v.parse::<u64>() {
             return Some(now + Duration::from_secs(secs));
@@ -99,18 +113,26 @@ pub fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
             return Some(t);
         }
     }
-    get("x-ratelimit-reset").and_then(|v| v.parse::<f64>().ok()).and_then(crate::clock::from_unix)
+    get("x-ratelimit-reset")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(crate::clock::from_unix)
 }
 
 fn httpdate_parse(v: &str) -> Result<SystemTime, ()> {
-    humantime::parse_rfc3339_weak(v).or_else(|_| parse_imf_fixdate(v)).map_err(|_| ())
+    humantime::parse_rfc3339_weak(v)
+        .or_else(|_| parse_imf_fixdate(v))
+        .map_err(|_| ())
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
 fn parse_imf_fixdate(v: &str) -> Result<SystemTime, ()> {
     let parts: Vec<&str> = v.split_whitespace().collect();
-    let [_, day, mon, year, time, "GMT"] = parts.as_slice() else { return Err(()) };
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let [_, day, mon, year, time, "GMT"] = parts.as_slice() else {
+        return Err(());
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let m = MONTHS.iter().position(|x| x == mon).ok_or(())? + 1;
     let s = format!("{year}-{m:02}-{:0>2}T{time}Z", day);
     humantime::parse_rfc3339(&s).map_err(|_| ())
@@ -129,28 +151,40 @@ pub fn classify(answer: &Answer, now: SystemTime) -> Result<TokenResponse> {
             let at = retry_at(&answer.headers, now);
             let mut msg = described(format!("HTTP {status}"));
             if let Some(at) = at {
-                msg.push_str(&format!("; the provider asks to retry after {}", humantime::format_rfc3339_seconds(at)));
+                msg.push_str(&format!(
+                    "; the provider asks to retry after {}",
+                    humantime::format_rfc3339_seconds(at)
+                ));
             }
             Err(Error::unavailable(msg).with_retry_at(at))
         }
         300..=399 => {
-            let to = answer.headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("?");
+            let to = answer
+                .headers
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
             Err(Error::bad_response(format!(
                 "HTTP {status} redirect to {to}, not followed (a redirected POST would carry the secret elsewhere)"
             )))
         }
         200..=299 => {
             if answer.truncated {
-                return Err(Error::bad_response(format!("HTTP {status} with a body over {BODY_CAP} bytes")));
+                return Err(Error::bad_response(format!(
+                    "HTTP {status} with a body over {BODY_CAP} bytes"
+                )));
             }
-            parse_response(&answer.body).map_err(|why| Error::bad_response(format!("HTTP {status}, but {why}")))
+            parse_response(&answer.body)
+                .map_err(|why| Error::bad_response(format!("HTTP {status}, but {why}")))
         }
         404 | 415 => Err(Error::config(described(format!("HTTP {status}")))),
         401 | 403 => Err(Error::rejected(described(format!("HTTP {status}")))),
         _ => {
             let code = oauth_code(&answer.body);
             let kind = match code.as_deref() {
-                Some("invalid_client" | "unauthorized_client" | "access_denied" | "invalid_grant") => ErrorKind::Rejected,
+                Some(
+                    "invalid_client" | "unauthorized_client" | "access_denied" | "invalid_grant",
+                ) => ErrorKind::Rejected,
                 _ => ErrorKind::Config,
             };
             Err(Error::new(kind, described(format!("HTTP {status}"))))
@@ -166,7 +200,10 @@ fn oauth_object(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
 }
 
 fn oauth_code(body: &[u8]) -> Option<String> {
-    oauth_object(body)?.get("error")?.as_str().map(str::to_owned)
+    oauth_object(body)?
+        .get("error")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn oauth_error(body: &[u8]) -> Option<String> {

@@ -17,12 +17,23 @@ use crate::provider::{FetchContext, Fetched, Provider};
 
 /// Everything outside `A-Z a-z 0-9 - . _ ~` is `%XX`-encoded, a space as `%20` (RFC 6749 §2.3.1, and what
 /// both strict servers and Keycloak accept).
-const BASIC_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const BASIC_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The `Authorization: Basic` value for a client id and secret, each encoded before joining.
 pub fn basic_credentials(id: &str, secret: &str) -> String {
-    let joined = format!("{}:{}", utf8_percent_encode(id, BASIC_SET), utf8_percent_encode(secret, BASIC_SET));
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(joined))
+    let joined = format!(
+        "{}:{}",
+        utf8_percent_encode(id, BASIC_SET),
+        utf8_percent_encode(secret, BASIC_SET)
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(joined)
+    )
 }
 
 /// A token endpoint spoken to over HTTP, configured by [`Settings`].
@@ -35,7 +46,9 @@ pub struct HttpProvider {
 
 impl std::fmt::Debug for HttpProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpProvider").field("describe", &self.describe()).finish()
+        f.debug_struct("HttpProvider")
+            .field("describe", &self.describe())
+            .finish()
     }
 }
 
@@ -70,7 +83,10 @@ impl HttpProvider {
     }
 
     fn learned(&self) -> Option<String> {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn learn(&self, endpoint: &str) {
@@ -81,7 +97,11 @@ impl HttpProvider {
     fn params(&self) -> Vec<(String, String)> {
         let s = &self.settings;
         let mut p: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
-        for (k, v) in [("audience", &s.audience), ("scope", &s.scope), ("resource", &s.resource)] {
+        for (k, v) in [
+            ("audience", &s.audience),
+            ("scope", &s.scope),
+            ("resource", &s.resource),
+        ] {
             if let Some(v) = v {
                 p.push((k.into(), v.clone()));
             }
@@ -103,13 +123,18 @@ impl HttpProvider {
             return Ok(hint.to_owned());
         }
         match (s.kind, &s.auth_server, &s.realm, &s.issuer) {
-            (Kind::Keycloak, Some(server), Some(realm), _) => Ok(keycloak_token_url(server, realm, s.legacy_path)),
+            (Kind::Keycloak, Some(server), Some(realm), _) => {
+                Ok(keycloak_token_url(server, realm, s.legacy_path))
+            }
             (_, _, _, Some(issuer)) => {
                 let e = self.discover(issuer).await?;
                 self.learn(&e);
                 Ok(e)
             }
-            _ => Err(Error::config(format!("{}: no token endpoint configured", self.describe()))),
+            _ => Err(Error::config(format!(
+                "{}: no token endpoint configured",
+                self.describe()
+            ))),
         }
     }
 
@@ -124,41 +149,66 @@ impl HttpProvider {
         ];
         let mut last = None;
         for url in candidates {
-            let answer = send(self.client()?.get(&url)).await.map_err(|e| e.context(format!("discovery {url}")))?;
+            let answer = send(self.client()?.get(&url))
+                .await
+                .map_err(|e| e.context(format!("discovery {url}")))?;
             if answer.status == 200 {
-                let doc: Value = serde_json::from_slice(&answer.body)
-                    .map_err(|_| Error::bad_response(format!("discovery {url}: the body is not JSON")))?;
+                let doc: Value = serde_json::from_slice(&answer.body).map_err(|_| {
+                    Error::bad_response(format!("discovery {url}: the body is not JSON"))
+                })?;
                 return match doc.get("token_endpoint").and_then(Value::as_str) {
                     Some(t) if url::Url::parse(t).is_ok() => Ok(t.to_owned()),
-                    _ => Err(Error::bad_response(format!("discovery {url}: no valid `token_endpoint`"))),
+                    _ => Err(Error::bad_response(format!(
+                        "discovery {url}: no valid `token_endpoint`"
+                    ))),
                 };
             }
             last = Some(format!("{url}: HTTP {}", answer.status));
         }
-        Err(Error::config(format!("discovery for issuer {issuer} failed ({})", last.unwrap_or_default())))
+        Err(Error::config(format!(
+            "discovery for issuer {issuer} failed ({})",
+            last.unwrap_or_default()
+        )))
     }
 
-    async fn post(&self, endpoint: &str, id: &SecretString, secret: &SecretString) -> Result<crate::http::Answer> {
+    async fn post(
+        &self,
+        endpoint: &str,
+        id: &SecretString,
+        secret: &SecretString,
+    ) -> Result<crate::http::Answer> {
         let s = &self.settings;
         let mut fields = self.params();
-        let mut req = self.client()?.post(endpoint).header("accept", "application/json");
+        let mut req = self
+            .client()?
+            .post(endpoint)
+            .header("accept", "application/json");
         match s.auth {
             AuthMethod::ClientSecretPost => {
                 fields.push(("client_id".into(), id.expose_secret().to_owned()));
                 fields.push(("client_secret".into(), secret.expose_secret().to_owned()));
             }
             AuthMethod::ClientSecretBasic => {
-                req = req.header("authorization", basic_credentials(id.expose_secret(), secret.expose_secret()));
+                req = req.header(
+                    "authorization",
+                    basic_credentials(id.expose_secret(), secret.expose_secret()),
+                );
             }
         }
         let body = match s.body {
             BodyFormat::Form => {
                 req = req.header("content-type", "application/x-www-form-urlencoded");
-                url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&fields).finish().into_bytes()
+                url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(&fields)
+                    .finish()
+                    .into_bytes()
             }
             BodyFormat::Json => {
                 req = req.header("content-type", "application/json");
-                let map: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+                let map: serde_json::Map<String, Value> = fields
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
                 serde_json::to_vec(&map).map_err(|e| Error::internal(e.to_string()))?
             }
         };
@@ -201,9 +251,19 @@ impl Provider for HttpProvider {
 
     fn cache_key(&self) -> Result<CacheKey> {
         let s = &self.settings;
-        let id = s.client_id.key_material().map_err(|e| e.context(format!("{}: client_id", self.describe())))?;
-        let secret = s.client_secret.key_material().map_err(|e| e.context(format!("{}: client_secret", self.describe())))?;
-        let params: Vec<u8> = self.params().iter().flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat()).collect();
+        let id = s
+            .client_id
+            .key_material()
+            .map_err(|e| e.context(format!("{}: client_id", self.describe())))?;
+        let secret = s
+            .client_secret
+            .key_material()
+            .map_err(|e| e.context(format!("{}: client_secret", self.describe())))?;
+        let params: Vec<u8> = self
+            .params()
+            .iter()
+            .flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
+            .collect();
         let endpoint = s.configured_endpoint();
         Ok(CacheKey::from_parts([
             b"broker-http-v1".as_slice(),
@@ -219,15 +279,29 @@ impl Provider for HttpProvider {
 
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
         let label = self.describe();
-        let id = self.settings.client_id.resolve().map_err(|e| e.context(format!("{label}: client_id")))?;
-        let secret = self.settings.client_secret.resolve().map_err(|e| e.context(format!("{label}: client_secret")))?;
+        let id = self
+            .settings
+            .client_id
+            .resolve()
+            .map_err(|e| e.context(format!("{label}: client_id")))?;
+        let secret = self
+            .settings
+            .client_secret
+            .resolve()
+            .map_err(|e| e.context(format!("{label}: client_secret")))?;
         let endpoint = self.endpoint(cx).await.map_err(|e| e.context(&label))?;
         let requested_at = cx.clock.now();
-        let answer = self.post(&endpoint, &id, &secret).await.map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
+        let answer = self
+            .post(&endpoint, &id, &secret)
+            .await
+            .map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
         let (endpoint, requested_at, answer) = match (answer.status, self.other_layout(&endpoint)) {
             (404, Some((other, legacy))) => {
                 let requested_at = cx.clock.now();
-                let second = self.post(&other, &id, &secret).await.map_err(|e| e.context(format!("{label}: POST {other}")))?;
+                let second = self
+                    .post(&other, &id, &secret)
+                    .await
+                    .map_err(|e| e.context(format!("{label}: POST {other}")))?;
                 if second.status != 404 {
                     tracing::warn!(
                         "{label}: {endpoint} answered 404 but {other} works; using it from now on. \
@@ -245,7 +319,11 @@ impl Provider for HttpProvider {
             let e = e.context(format!("{label}: POST {endpoint}"));
             if e.kind() == ErrorKind::Config && answer.status == 404 {
                 let retry_at = e.retry_at();
-                Error::config(format!("{}; check `auth_server`, `realm` or `token_url`", e.message())).with_retry_at(retry_at)
+                Error::config(format!(
+                    "{}; check `auth_server`, `realm` or `token_url`",
+                    e.message()
+                ))
+                .with_retry_at(retry_at)
             } else {
                 e
             }
@@ -269,7 +347,12 @@ mod tests {
     fn basic_credentials_encode_each_part_before_joining() {
         // RFC 6749 Appendix B: space as %20, `:` `+` `%` `/` `=` `&` escaped.
         let v = basic_credentials("id:1", "a b+c%d/e=f&g~h");
-        let raw = base64::engine::general_purpose::STANDARD.decode(v.trim_start_matches("Basic ")).unwrap_or_default();
-        assert_eq!(String::from_utf8_lossy(&raw), "id%3A1:a%20b%2Bc%25d%2Fe%3Df%26g~h");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v.trim_start_matches("Basic "))
+            .unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            "id%3A1:a%20b%2Bc%25d%2Fe%3Df%26g~h"
+        );
     }
 }

@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 fn xdg(var: &str, fallback: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
         Some(v) if !v.is_empty() && Path::new(&v).is_absolute() => Some(PathBuf::from(v)),
-        _ => std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(fallback)),
+        _ => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(fallback)),
     }
 }
 
@@ -36,7 +38,9 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// `$XDG_RUNTIME_DIR/broker`, else `cache_dir()/run`. Never `/tmp`.
 pub fn runtime_dir() -> Option<PathBuf> {
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(v) if !v.is_empty() && Path::new(&v).is_absolute() => Some(PathBuf::from(v).join("broker")),
+        Some(v) if !v.is_empty() && Path::new(&v).is_absolute() => {
+            Some(PathBuf::from(v).join("broker"))
+        }
         _ => cache_dir().map(|p| p.join("run")),
     }
 }
@@ -50,12 +54,19 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
             .create(dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let meta = fs::metadata(dir).map_err(|e| Error::internal(format!("cannot read {}: {e}", dir.display())))?;
+    let meta = fs::metadata(dir)
+        .map_err(|e| Error::internal(format!("cannot read {}: {e}", dir.display())))?;
     if !meta.is_dir() {
-        return Err(Error::internal(format!("{} is not a directory", dir.display())));
+        return Err(Error::internal(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     if meta.uid() != rustix::process::geteuid().as_raw() {
-        return Err(Error::internal(format!("{} belongs to another user", dir.display())));
+        return Err(Error::internal(format!(
+            "{} belongs to another user",
+            dir.display()
+        )));
     }
     if meta.mode() & 0o777 != 0o700 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
@@ -63,4 +74,3 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
-

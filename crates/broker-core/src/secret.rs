@@ -53,16 +53,24 @@ impl SecretSource {
             SecretSource::Literal(s) => Ok(s.clone()),
             SecretSource::Env(name) => match std::env::var(name) {
                 Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
-                Ok(_) => Err(Error::config(format!("environment variable {name} is empty"))),
-                Err(_) => Err(Error::config(format!("environment variable {name} is not set"))),
+                Ok(_) => Err(Error::config(format!(
+                    "environment variable {name} is empty"
+                ))),
+                Err(_) => Err(Error::config(format!(
+                    "environment variable {name} is not set"
+                ))),
             },
             SecretSource::File(path) => {
                 let path = expand_home(path);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| Error::config(format!("cannot read secret file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Error::config(format!("cannot read secret file {}: {e}", path.display()))
+                })?;
                 let first = text.lines().next().unwrap_or("").trim();
                 if first.is_empty() {
-                    return Err(Error::config(format!("secret file {} is empty", path.display())));
+                    return Err(Error::config(format!(
+                        "secret file {} is empty",
+                        path.display()
+                    )));
                 }
                 Ok(SecretString::from(first.to_owned()))
             }
@@ -107,7 +115,11 @@ fn run_command(argv: &[String]) -> Result<SecretString> {
         return Err(Error::config("secret command is empty"));
     };
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).env_clear();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_clear();
     for var in ["PATH", "HOME"] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
@@ -116,7 +128,10 @@ fn run_command(argv: &[String]) -> Result<SecretString> {
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::config(format!("secret command {program:?} could not start: {e}")))?;
-    let mut stdout = child.stdout.take().ok_or_else(|| Error::internal("secret command has no stdout"))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::internal("secret command has no stdout"))?;
     // Read stdout on a thread so a chatty command cannot block on a full pipe while we wait.
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -141,12 +156,17 @@ fn run_command(argv: &[String]) -> Result<SecretString> {
     };
     let out = reader.join().unwrap_or_default();
     if !status.success() {
-        return Err(Error::config(format!("secret command {program:?} failed ({status})")));
+        return Err(Error::config(format!(
+            "secret command {program:?} failed ({status})"
+        )));
     }
-    let text = String::from_utf8(out).map_err(|_| Error::config(format!("secret command {program:?} printed non-UTF-8")))?;
+    let text = String::from_utf8(out)
+        .map_err(|_| Error::config(format!("secret command {program:?} printed non-UTF-8")))?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(Error::config(format!("secret command {program:?} printed nothing")));
+        return Err(Error::config(format!(
+            "secret command {program:?} printed nothing"
+        )));
     }
     Ok(SecretString::from(value.to_owned()))
 }
@@ -164,9 +184,20 @@ mod tests {
     #[test]
     fn command_output_is_trimmed_and_failures_hide_output() {
         let ok = SecretSource::Command(vec!["sh".into(), "-c".into(), "echo '  s3cret  '".into()]);
-        assert_eq!(ok.resolve().map(|s| s.expose_secret().to_owned()).ok().as_deref(), Some("s3cret"));
-        let bad = SecretSource::Command(vec!["sh".into(), "-c".into(), "echo leaked; exit 3".into()]);
-        let err = bad.resolve().err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            ok.resolve()
+                .map(|s| s.expose_secret().to_owned())
+                .ok()
+                .as_deref(),
+            Some("s3cret")
+        );
+        let bad =
+            SecretSource::Command(vec!["sh".into(), "-c".into(), "echo leaked; exit 3".into()]);
+        let err = bad
+            .resolve()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(!err.contains("leaked"), "{err}");
     }
@@ -174,8 +205,18 @@ mod tests {
     #[test]
     fn command_gets_a_clean_environment() {
         std::env::set_var("BROKER_TEST_SHOULD_NOT_LEAK", "x");
-        let s = SecretSource::Command(vec!["sh".into(), "-c".into(), "echo ${BROKER_TEST_SHOULD_NOT_LEAK:-clean}".into()]);
-        assert_eq!(s.resolve().map(|s| s.expose_secret().to_owned()).ok().as_deref(), Some("clean"));
+        let s = SecretSource::Command(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo ${BROKER_TEST_SHOULD_NOT_LEAK:-clean}".into(),
+        ]);
+        assert_eq!(
+            s.resolve()
+                .map(|s| s.expose_secret().to_owned())
+                .ok()
+                .as_deref(),
+            Some("clean")
+        );
     }
 
     #[test]

@@ -39,7 +39,12 @@ impl fmt::Debug for AccessToken {
 
 impl AccessToken {
     /// A token valid from `obtained_at` until `expires_at`.
-    pub fn new(secret: SecretString, token_type: impl Into<String>, obtained_at: SystemTime, expires_at: SystemTime) -> Self {
+    pub fn new(
+        secret: SecretString,
+        token_type: impl Into<String>,
+        obtained_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Self {
         AccessToken {
             secret,
             token_type: token_type.into(),
@@ -83,7 +88,9 @@ impl AccessToken {
 
     /// The whole lifetime, from the request to expiry.
     pub fn lifetime(&self) -> Duration {
-        self.expires_at.duration_since(self.obtained_at).unwrap_or_default()
+        self.expires_at
+            .duration_since(self.obtained_at)
+            .unwrap_or_default()
     }
 
     /// Time left at `now`; zero once expired.
@@ -152,7 +159,10 @@ pub fn parse_response(body: &[u8]) -> Result<TokenResponse, String> {
         return Err("the body is JSON but not an object".into());
     };
     if let Some(err) = obj.get("error") {
-        return Err(format!("the body carries an OAuth error: {}", oauth_error_text(&obj, err)));
+        return Err(format!(
+            "the body carries an OAuth error: {}",
+            oauth_error_text(&obj, err)
+        ));
     }
     let access_token = match obj.get("access_token") {
         Some(Value::String(s)) if !s.is_empty() => SecretString::from(s.clone()),
@@ -178,7 +188,9 @@ pub fn parse_response(body: &[u8]) -> Result<TokenResponse, String> {
     };
     if let Some(e) = expires_in {
         if !e.is_finite() || e <= 0.0 {
-            return Err(format!("`expires_in` is {e}, not a positive number of seconds"));
+            return Err(format!(
+                "`expires_in` is {e}, not a positive number of seconds"
+            ));
         }
     }
     Ok(TokenResponse {
@@ -219,7 +231,9 @@ fn jwt_part(token: &str, index: usize) -> Option<Map<String, Value>> {
         return None;
     }
     let raw = parts[index].trim_end_matches('=');
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()?;
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(m) => Some(m),
         _ => None,
@@ -256,7 +270,11 @@ pub enum LifetimeNote {
 
 /// Applies contract §2 to a response: `expires_in` from `requested_at` first, the JWT `exp` next,
 /// `default_ttl` last; cut to `max_ttl`. Returns the token and what deserves a warning.
-pub fn into_token(resp: TokenResponse, requested_at: SystemTime, policy: LifetimePolicy) -> (AccessToken, Vec<LifetimeNote>) {
+pub fn into_token(
+    resp: TokenResponse,
+    requested_at: SystemTime,
+    policy: LifetimePolicy,
+) -> (AccessToken, Vec<LifetimeNote>) {
     let mut notes = Vec::new();
     let exp = jwt_exp(resp.access_token.expose_secret());
     let mut expires_at = match (resp.expires_in, exp) {
@@ -282,7 +300,10 @@ pub fn into_token(resp: TokenResponse, requested_at: SystemTime, policy: Lifetim
         notes.push(LifetimeNote::CutToMaxTtl);
     }
     let token_type = resp.token_type.unwrap_or_else(|| "Bearer".to_owned());
-    (AccessToken::new(resp.access_token, token_type, requested_at, expires_at), notes)
+    (
+        AccessToken::new(resp.access_token, token_type, requested_at, expires_at),
+        notes,
+    )
 }
 
 #[cfg(test)]
@@ -312,8 +333,17 @@ mod tests {
     #[test]
     fn expires_in_wins_then_exp_then_default() {
         let t = jwt(r#"{"exp":1000300}"#);
-        assert_eq!(lifetime_of(&format!(r#"{{"access_token":"{t}","expires_in":120}}"#), 1_000_000), Ok((120, vec![])));
-        assert_eq!(lifetime_of(&format!(r#"{{"access_token":"{t}"}}"#), 1_000_000), Ok((300, vec![])));
+        assert_eq!(
+            lifetime_of(
+                &format!(r#"{{"access_token":"{t}","expires_in":120}}"#),
+                1_000_000
+            ),
+            Ok((120, vec![]))
+        );
+        assert_eq!(
+            lifetime_of(&format!(r#"{{"access_token":"{t}"}}"#), 1_000_000),
+            Ok((300, vec![]))
+        );
         assert_eq!(
             lifetime_of(r#"{"access_token":"opaque"}"#, 1_000_000),
             Ok((300, vec![LifetimeNote::DefaultTtl]))
@@ -322,8 +352,14 @@ mod tests {
 
     #[test]
     fn fractional_and_string_expires_in_are_accepted() {
-        assert_eq!(lifetime_of(r#"{"access_token":"a","expires_in":299.5}"#, 10).map(|x| x.0), Ok(299));
-        assert_eq!(lifetime_of(r#"{"access_token":"a","expires_in":"300"}"#, 10).map(|x| x.0), Ok(300));
+        assert_eq!(
+            lifetime_of(r#"{"access_token":"a","expires_in":299.5}"#, 10).map(|x| x.0),
+            Ok(299)
+        );
+        assert_eq!(
+            lifetime_of(r#"{"access_token":"a","expires_in":"300"}"#, 10).map(|x| x.0),
+            Ok(300)
+        );
     }
 
     #[test]
@@ -341,14 +377,22 @@ mod tests {
     #[test]
     fn skewed_clock_is_noted_and_expires_in_used() {
         let t = jwt(r#"{"exp":1000}"#);
-        let (life, notes) = lifetime_of(&format!(r#"{{"access_token":"{t}","expires_in":300}}"#), 1_000_000).unwrap_or_default();
+        let (life, notes) = lifetime_of(
+            &format!(r#"{{"access_token":"{t}","expires_in":300}}"#),
+            1_000_000,
+        )
+        .unwrap_or_default();
         assert_eq!(life, 300);
-        assert!(matches!(notes.as_slice(), [LifetimeNote::ClockSkew { .. }]), "{notes:?}");
+        assert!(
+            matches!(notes.as_slice(), [LifetimeNote::ClockSkew { .. }]),
+            "{notes:?}"
+        );
     }
 
     #[test]
     fn long_lifetimes_are_cut_to_max_ttl() {
-        let (life, notes) = lifetime_of(r#"{"access_token":"a","expires_in":315360000}"#, 10).unwrap_or_default();
+        let (life, notes) =
+            lifetime_of(r#"{"access_token":"a","expires_in":315360000}"#, 10).unwrap_or_default();
         assert_eq!(life, 86_400);
         assert_eq!(notes, vec![LifetimeNote::CutToMaxTtl]);
     }
@@ -373,7 +417,10 @@ mod tests {
     fn margin_is_min_of_min_ttl_and_half_the_lifetime() {
         let tok = AccessToken::new(SecretString::from("t".to_owned()), "Bearer", at(0), at(300));
         assert_eq!(tok.margin(Duration::from_secs(60)), Duration::from_secs(60));
-        assert_eq!(tok.margin(Duration::from_secs(600)), Duration::from_secs(150));
+        assert_eq!(
+            tok.margin(Duration::from_secs(600)),
+            Duration::from_secs(150)
+        );
         assert!(tok.is_fresh(at(239), Duration::from_secs(60)));
         assert!(!tok.is_fresh(at(240), Duration::from_secs(60)));
         assert!(tok.is_valid(at(299)));
@@ -385,7 +432,12 @@ mod tests {
 
     #[test]
     fn debug_hides_the_token() {
-        let tok = AccessToken::new(SecretString::from("s3cr3t-token".to_owned()), "Bearer", at(0), at(300));
+        let tok = AccessToken::new(
+            SecretString::from("s3cr3t-token".to_owned()),
+            "Bearer",
+            at(0),
+            at(300),
+        );
         assert!(!format!("{tok:?}").contains("s3cr3t"));
     }
 }

@@ -1,0 +1,138 @@
+//! The command tree (one clap derive), logging set-up, and the mapping of error classes to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use broker_core::{Error, ErrorKind};
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (also a still-valid cached token served after a failed refresh)
+  1  internal: a local failure (cache directory not writable, I/O error, a bug)
+  2  usage: bad command-line arguments
+  3  config: config or provider file invalid, unknown profile, secret source failed, request wrong (404, 415, invalid_scope)
+  4  rejected: the provider refused these credentials (401, 403, invalid_client)
+  5  unavailable: the provider could not be reached, or asked us to wait (timeouts, 408, 429, 5xx)
+  6  bad_response: the provider answered, but not with a usable token";
+
+const EXAMPLES: &str = "\
+Examples:
+  broker token ion-prod                    # the bare token, from cache while it is good
+  broker token chili --format header       # Authorization: Bearer eyJ...
+  broker list                              # profiles and what the cache holds
+  broker demo                              # a tour against a local development issuer";
+
+#[derive(Parser)]
+#[command(
+    name = "broker",
+    version,
+    about = "OAuth2 client-credentials tokens for any API, cached and shared"
+)]
+#[command(after_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"))]
+pub struct Cli {
+    /// Config file (default: $BROKER_CONFIG, else $XDG_CONFIG_HOME/broker/config.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print an access token for a profile.
+    #[command(
+        after_help = "Examples:\n  broker token ion-prod\n  broker token chili --format json --min-ttl 10m\n  curl -H \"$(broker token ion-prod --format header)\" https://api.buildwithion.com/graphql"
+    )]
+    Token(commands::token::Args),
+    /// List profiles with their provider, environment and cache state (never a token).
+    #[command(after_help = "Example:\n  broker list")]
+    List,
+    /// List provider definitions, built-in and the user's.
+    #[command(after_help = "Example:\n  broker providers")]
+    Providers,
+    /// Validate every config and provider file and show each profile's resolved settings, secrets redacted.
+    #[command(after_help = "Example:\n  broker check --config ./config.toml")]
+    Check,
+    /// Show a token's JWT header and claims (never the signature) and its expiry.
+    #[command(
+        after_help = "Examples:\n  broker inspect ion-prod\n  echo \"$TOKEN\" | broker inspect -"
+    )]
+    Inspect(commands::inspect::Args),
+    /// Manage the token cache.
+    #[command(subcommand)]
+    Cache(commands::cache::CacheCommand),
+    /// Run a tour: a local development issuer, an ION-shaped and a CHILI-shaped profile, cold and warm.
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    Demo,
+    /// Run a local development token issuer on loopback (Keycloak- and Auth0-shaped endpoints).
+    #[command(
+        name = "dev-issuer",
+        after_help = "Example:\n  broker dev-issuer --port 8080 --ttl 300"
+    )]
+    DevIssuer(crate::dev_issuer::Args),
+}
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                ErrorKind::Usage.exit_code()
+            } else {
+                0
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    let result = match &cli.command {
+        Command::Token(args) => commands::token::run(&cli, args),
+        Command::List => commands::list::run(&cli),
+        Command::Providers => commands::providers::run(&cli),
+        Command::Check => commands::check::run(&cli),
+        Command::Inspect(args) => commands::inspect::run(&cli, args),
+        Command::Cache(c) => commands::cache::run(&cli, c),
+        Command::Demo => commands::demo::run(),
+        Command::DevIssuer(args) => crate::dev_issuer::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported(kind)) => ExitCode::from(kind.exit_code()),
+        Err(Failure::Error(e)) => {
+            eprintln!("error: {}", e.message());
+            ExitCode::from(e.kind().exit_code())
+        }
+    }
+}
+
+/// How a command failed: an error still to print, or one already reported (e.g. as JSON).
+pub enum Failure {
+    Error(Error),
+    Reported(ErrorKind),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BROKER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}

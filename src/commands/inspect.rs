@@ -1,0 +1,85 @@
+//! `broker inspect <profile | ->`: a token's JWT header and claims (never the signature) and its expiry.
+
+use std::io::Read;
+use std::time::SystemTime;
+
+use broker_core::token::{jwt_claims, jwt_header};
+use broker_core::{Error, TokenRequest};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::cli::{Cli, CmdResult};
+use crate::context;
+use crate::output::{self, rfc3339};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A profile, or `-` to read a token from standard input.
+    pub target: String,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+    let now = SystemTime::now();
+    let (raw, known_expiry) = if args.target == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut s)
+            .map_err(|e| Error::usage(format!("cannot read standard input: {e}")))?;
+        (s.trim().to_owned(), None)
+    } else {
+        let config = context::load(cli)?;
+        let settings = config.resolve(&args.target, &Default::default())?;
+        let broker = context::broker_for(settings);
+        let t = context::get_token(&broker, &args.target, &TokenRequest::default())?;
+        (t.secret().expose_secret().to_owned(), Some(t.expires_at()))
+    };
+    output::print_stdout(&describe(&raw, known_expiry, now))?;
+    Ok(())
+}
+
+/// The inspection text of a token.
+pub fn describe(raw: &str, known_expiry: Option<SystemTime>, now: SystemTime) -> String {
+    let mut out = String::new();
+    match (jwt_header(raw), jwt_claims(raw)) {
+        (Some(header), Some(claims)) => {
+            let pretty = |m: serde_json::Map<String, Value>| {
+                serde_json::to_string_pretty(&Value::Object(m)).unwrap_or_default()
+            };
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_f64)
+                .and_then(broker_core::clock::from_unix);
+            out.push_str(&format!(
+                "JWT header:\n{}\nclaims:\n{}\n",
+                pretty(header),
+                pretty(claims)
+            ));
+            if let Some(exp) = known_expiry.or(exp) {
+                out.push_str(&expiry_line(exp, now));
+            }
+        }
+        _ => {
+            out.push_str("opaque token (not a JWT): no claims to show\n");
+            if let Some(exp) = known_expiry {
+                out.push_str(&expiry_line(exp, now));
+            }
+        }
+    }
+    out
+}
+
+fn expiry_line(exp: SystemTime, now: SystemTime) -> String {
+    match exp.duration_since(now) {
+        Ok(left) => format!(
+            "expires {} ({} left)\n",
+            rfc3339(exp),
+            broker_core::duration::format(left)
+        ),
+        Err(e) => format!(
+            "expired {} ({} ago)\n",
+            rfc3339(exp),
+            broker_core::duration::format(e.duration())
+        ),
+    }
+}

@@ -1,0 +1,75 @@
+//! `broker token <profile>`.
+
+use std::time::{Duration, SystemTime};
+
+use broker_core::config::{CacheMode, Overrides};
+use broker_core::{Error, TokenRequest};
+
+use crate::cli::{Cli, CmdResult, Failure};
+use crate::context;
+use crate::output::{self, Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The profile (a `[profiles.<name>]` table of the config file).
+    pub profile: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Token)]
+    pub format: Format,
+    /// Serve a cached token only if it has at least this much life left (e.g. `5m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_ttl: Option<Duration>,
+    /// Request this scope instead of the configured one.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Request this audience instead of the configured one.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Ask the provider even if a fresh token is cached.
+    #[arg(long)]
+    pub force_refresh: bool,
+    /// Neither read nor write the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    broker_core::duration::parse(s)
+}
+
+pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+    match token(cli, args) {
+        Ok(()) => Ok(()),
+        Err(e) if args.format == Format::Json => {
+            let v = serde_json::json!({"error": e.kind().as_str(), "message": e.message()});
+            eprintln!("{v}");
+            Err(Failure::Reported(e.kind()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
+    let config = context::load(cli)?;
+    let overrides = Overrides {
+        min_ttl: args.min_ttl,
+        scope: args.scope.clone(),
+        audience: args.audience.clone(),
+    };
+    let mut settings = config.resolve(&args.profile, &overrides)?;
+    if args.no_cache {
+        settings.cache = CacheMode::None;
+    }
+    let broker = context::broker_for(settings.clone());
+    let req = TokenRequest {
+        min_ttl: args.min_ttl,
+        force_refresh: args.force_refresh,
+    };
+    let token = context::get_token(&broker, &args.profile, &req)?;
+    output::print_stdout(&output::render(
+        args.format,
+        &settings,
+        &token,
+        SystemTime::now(),
+    ))
+}

@@ -1,0 +1,76 @@
+//! Loading the config the way the CLI does (built-ins, user providers, the config file) and building a broker.
+
+use std::path::PathBuf;
+
+use broker_core::config::LoadOptions;
+use broker_core::{paths, Broker, Config, Result, Settings};
+
+use crate::cli::Cli;
+
+/// The built-in provider definitions, compiled in from `providers/`.
+pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
+    ("ion", include_str!("../providers/ion.toml")),
+    ("chili", include_str!("../providers/chili.toml")),
+];
+
+/// Load options for the CLI: `--config`, else `BROKER_CONFIG`, else the XDG path.
+pub fn load_options(cli: &Cli) -> LoadOptions {
+    let (config_file, required) = match &cli.config {
+        Some(p) => (Some(p.clone()), true),
+        None => {
+            let explicit = std::env::var_os("BROKER_CONFIG").is_some_and(|v| !v.is_empty());
+            (paths::config_file(), explicit)
+        }
+    };
+    LoadOptions {
+        builtin_providers: BUILTIN_PROVIDERS
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect(),
+        providers_dir: paths::config_dir().map(|d| d.join("providers")),
+        config_file,
+        config_file_required: required,
+    }
+}
+
+pub fn load(cli: &Cli) -> Result<Config> {
+    Config::load(&load_options(cli))
+}
+
+pub fn cache_dir() -> Option<PathBuf> {
+    paths::cache_dir()
+}
+
+/// A broker over the user's disk cache serving `settings` alone.
+pub fn broker_for(settings: Settings) -> Broker {
+    let mut b = Broker::builder().settings(settings);
+    if let Some(dir) = cache_dir() {
+        b = b.disk_cache(dir);
+    }
+    b.build()
+}
+
+/// A broker over the user's disk cache serving every profile of `config`.
+pub fn broker_all(config: &Config) -> Broker {
+    let mut b = Broker::builder().config(config, &Default::default());
+    if let Some(dir) = cache_dir() {
+        b = b.disk_cache(dir);
+    }
+    b.build()
+}
+
+/// Gets a token: from cache without a runtime or HTTP client when fresh, else on a one-thread runtime.
+pub fn get_token(
+    broker: &Broker,
+    profile: &str,
+    req: &broker_core::TokenRequest,
+) -> Result<std::sync::Arc<broker_core::AccessToken>> {
+    if let Some(t) = broker.cached(profile, req)? {
+        return Ok(t);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| broker_core::Error::internal(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(broker.token(profile, req))
+}
