@@ -1,1 +1,19 @@
+//! Integration tests of the `broker` binary and the `broker-core` crate. One binary, one link.
 
+// Harness: private homes, the binary, the npm OAuth servers.
+mod support;
+
+// Conformance against third-party servers: oidc-provider as a Keycloak realm, oauth2-mock-server as Auth0.
+mod conformance;
+// Contract §4 classification of token endpoint answers, one wiremock row each.
+mod classification;
+// In-process single flight: 100 concurrent callers, one upstream call; keys do not block each other.
+mod single_flight;
+// Cross-process: 50 `broker token` processes on a cold cache, one upstream call.
+mod cross_process;
+// Expiry, margins, the same-token pause and failed refreshes, on an injected clock.
+mod expiry;
+// The CLI's other commands, formats, exit codes and config errors.
+mod cli;
+// `broker demo`, the README's first command.
+mod demo;

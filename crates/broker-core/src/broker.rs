@@ -431,8 +431,15 @@ impl Broker {
                 LifetimeNote::CutToMaxTtl => tracing::debug!("profile `{}`: lifetime cut to max_ttl", p.name),
             }
         }
-        if previous.is_some_and(|old| old.same_secret(&token)) {
-            // The provider handed back its cached token: do not ask again too soon.
+        if let Some(old) = previous.filter(|old| old.same_secret(&token)) {
+            // The provider handed back its cached token: it is the same token, so it keeps its original
+            // lifetime (and margin), and the provider is not asked again before the pause is over.
+            token = AccessToken::new(
+                token.secret().clone(),
+                token.token_type(),
+                old.obtained_at(),
+                token.expires_at(),
+            );
             let pause = (token.margin(p.policy.min_ttl) / 2).max(SAME_TOKEN_PAUSE_FLOOR);
             tracing::debug!(
                 "profile `{}`: provider returned the same token; pausing refreshes for {pause:?}",

@@ -4,13 +4,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clock::{from_unix, to_unix};
 use crate::error::{Error, Result};
 use crate::paths::ensure_private_dir;
 use crate::token::AccessToken;
@@ -54,12 +53,22 @@ struct EntryFile {
     profile: String,
     access_token: String,
     token_type: String,
-    obtained_at: f64,
-    expires_at: f64,
+    /// Milliseconds since the epoch, rounded down (so a stored expiry is never later than the real one).
+    obtained_at_ms: u64,
+    expires_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_not_before: Option<f64>,
+    refresh_not_before_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     endpoint: Option<String>,
+}
+
+fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_millis(ms: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// Parses an entry file. `Err` says why it is unusable.
@@ -71,8 +80,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
         None => return Err("no version".into()),
     }
     let f: EntryFile = serde_json::from_value(v).map_err(|_| "malformed".to_owned())?;
-    let obtained = from_unix(f.obtained_at).ok_or("bad obtained_at")?;
-    let expires = from_unix(f.expires_at).ok_or("bad expires_at")?;
+    let obtained = from_millis(f.obtained_at_ms).ok_or("bad obtained_at_ms")?;
+    let expires = from_millis(f.expires_at_ms).ok_or("bad expires_at_ms")?;
     if f.access_token.is_empty() {
         return Err("empty token".into());
     }
@@ -82,7 +91,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
         obtained,
         expires,
     )
-    .with_refresh_not_before(f.refresh_not_before.and_then(from_unix));
+    .with_refresh_not_before(f.refresh_not_before_ms.and_then(from_millis));
     Ok(Entry {
         token,
         endpoint: f.endpoint,
@@ -97,9 +106,9 @@ pub fn encode_entry(entry: &Entry, profile: &str) -> Vec<u8> {
         profile: profile.to_owned(),
         access_token: t.secret().expose_secret().to_owned(),
         token_type: t.token_type().to_owned(),
-        obtained_at: to_unix(t.obtained_at()),
-        expires_at: to_unix(t.expires_at()),
-        refresh_not_before: t.refresh_not_before().map(to_unix),
+        obtained_at_ms: to_millis(t.obtained_at()),
+        expires_at_ms: to_millis(t.expires_at()),
+        refresh_not_before_ms: t.refresh_not_before().map(to_millis),
         endpoint: entry.endpoint.clone(),
     };
     serde_json::to_vec(&f).unwrap_or_default()
@@ -267,7 +276,6 @@ fn open_private(path: &Path, truncate: bool) -> Result<File> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use std::time::SystemTime;
 
     #[test]
     fn entries_round_trip_with_private_modes() -> Result<(), Box<dyn std::error::Error>> {

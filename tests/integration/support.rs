@@ -1,0 +1,302 @@
+//! The test harness: a private HOME per test, the broker binary, and third-party OAuth servers from npm.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_broker");
+
+/// A private home: config, cache and runtime directories in a temp dir, and nothing of the user's.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        Home {
+            dir: tempfile::Builder::new()
+                .prefix("broker-test")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("tempdir: {e}")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("config/broker/config.toml")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path().join("cache/broker")
+    }
+
+    /// Writes the config file.
+    pub fn config(&self, toml: &str) -> &Self {
+        let p = self.config_path();
+        std::fs::create_dir_all(p.parent().unwrap_or(self.path()))
+            .unwrap_or_else(|e| panic!("mkdir: {e}"));
+        std::fs::write(&p, toml).unwrap_or_else(|e| panic!("write config: {e}"));
+        self
+    }
+
+    /// Writes a user provider file.
+    pub fn provider(&self, name: &str, toml: &str) -> &Self {
+        let d = self.path().join("config/broker/providers");
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        std::fs::write(d.join(format!("{name}.toml")), toml)
+            .unwrap_or_else(|e| panic!("write provider: {e}"));
+        self
+    }
+
+    /// The broker binary with this home's environment and nothing else of the caller's.
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path())
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
+            .env("XDG_RUNTIME_DIR", self.path().join("run"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Run::from(
+            self.cmd(args)
+                .output()
+                .unwrap_or_else(|e| panic!("run broker: {e}")),
+        )
+    }
+
+    /// Cache entry files (`<hex>.json`).
+    pub fn cache_entries(&self) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(self.cache_dir()) else {
+            return vec![];
+        };
+        let mut v: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// A finished broker run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn success(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    pub fn token(&self) -> String {
+        self.stdout.trim().to_owned()
+    }
+}
+
+/// The directory of the npm test servers.
+pub fn servers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
+}
+
+/// Installs the npm test servers once (`npm ci`, locked across test processes). Never skips: a test that
+/// needs them fails with the reason when they cannot be installed.
+pub fn ensure_node_modules() {
+    let dir = servers_dir();
+    let marker = dir.join("node_modules/.package-lock.json");
+    if marker.exists() {
+        return;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("broker-tests-npm.lock"))
+        .unwrap_or_else(|e| panic!("npm lock file: {e}"));
+    lock.lock().unwrap_or_else(|e| panic!("npm lock: {e}"));
+    if marker.exists() {
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("the conformance tests need npm (Node 20) to install their servers: {e}")
+        });
+    assert!(
+        out.status.success(),
+        "npm ci in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A third-party OAuth server from npm, running on loopback until dropped.
+pub struct NodeServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl NodeServer {
+    /// Starts `tests/servers/<script>` with `env` and waits (with a deadline) for its `READY <port>` line.
+    pub fn start(script: &str, env: &[(&str, &str)]) -> NodeServer {
+        ensure_node_modules();
+        let mut cmd = Command::new("node");
+        cmd.arg(servers_dir().join(script))
+            .current_dir(servers_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start node {script}: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(p) = line.strip_prefix("READY ") {
+                    let _ = tx.send(p.trim().parse::<u16>().ok());
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(p)) => p,
+            other => {
+                let _ = child.kill();
+                panic!("{script} did not report READY within 30 s: {other:?}");
+            }
+        };
+        NodeServer { child, port }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Tokens the server has issued, asked of the server itself (`GET /__count`).
+    pub fn issued(&self) -> u64 {
+        http_get(self.port, "/__count")
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("count: {e}"))
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback, returning the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect: {e}"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A JWT-shaped (unsigned) token with the given claims.
+pub fn jwt(claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let e = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.c2ln",
+        e(r#"{"alg":"RS256","typ":"JWT"}"#),
+        e(&claims.to_string())
+    )
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
