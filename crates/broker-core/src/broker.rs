@@ -2,6 +2,9 @@
 //! contract §2–§3.
 
 use std::collections::HashMap;
+
+/// Profile names come from config, not from the network: a fast non-DoS-resistant hash is fine.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -120,7 +123,7 @@ struct Profile {
 pub struct BrokerBuilder {
     clock: Arc<dyn Clock>,
     disk: Option<PathBuf>,
-    profiles: HashMap<String, std::result::Result<Arc<Profile>, Error>>,
+    profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
 }
 
 impl BrokerBuilder {
@@ -191,7 +194,7 @@ impl BrokerBuilder {
 pub struct Broker {
     clock: Arc<dyn Clock>,
     disk: Option<DiskCache>,
-    profiles: HashMap<String, std::result::Result<Arc<Profile>, Error>>,
+    profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
     slots: DashMap<CacheKey, Arc<Slot>>,
 }
 
@@ -201,7 +204,7 @@ impl Broker {
         BrokerBuilder {
             clock: Arc::new(SystemClock),
             disk: None,
-            profiles: HashMap::new(),
+            profiles: Map::default(),
         }
     }
 
@@ -258,7 +261,7 @@ impl Broker {
             return Ok(None);
         }
         let (key, slot) = self.keyed(p)?;
-        let now = self.clock.now();
+        let now = self.clock.now_upper_bound();
         let min_ttl = req.min_ttl.unwrap_or(p.policy.min_ttl);
         if let Some(t) = slot.fresh(now, min_ttl) {
             return Ok(Some(t));
@@ -278,7 +281,10 @@ impl Broker {
         let p = self.profile(profile)?;
         if !req.force_refresh && p.policy.cache != CacheMode::None {
             let (_, slot) = self.keyed(p)?;
-            if let Some(t) = slot.fresh(self.clock.now(), req.min_ttl.unwrap_or(p.policy.min_ttl)) {
+            if let Some(t) = slot.fresh(
+                self.clock.now_upper_bound(),
+                req.min_ttl.unwrap_or(p.policy.min_ttl),
+            ) {
                 return Ok(t);
             }
         }

@@ -23,6 +23,8 @@ pub struct AccessToken {
     token_type: String,
     obtained_at: SystemTime,
     expires_at: SystemTime,
+    /// Half the lifetime, computed once: the warm path reads it on every call.
+    half_life: Duration,
     refresh_not_before: Option<SystemTime>,
 }
 
@@ -50,6 +52,7 @@ impl AccessToken {
             token_type: token_type.into(),
             obtained_at,
             expires_at,
+            half_life: expires_at.duration_since(obtained_at).unwrap_or_default() / 2,
             refresh_not_before: None,
         }
     }
@@ -100,7 +103,7 @@ impl AccessToken {
 
     /// `margin = min(min_ttl, lifetime / 2)`.
     pub fn margin(&self, min_ttl: Duration) -> Duration {
-        min_ttl.min(self.lifetime() / 2)
+        min_ttl.min(self.half_life)
     }
 
     /// Still usable at `now`: strictly before `expires_at`.
