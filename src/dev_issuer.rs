@@ -93,7 +93,7 @@ pub async fn start(port: u16, ttl: u64, client_id: &str) -> Result<Running, Erro
         client_secret: b64.encode(random_bytes::<24>()?),
         ttl,
         key: EncodingKey::from_ed_der(&der),
-        kid: hex::encode(&random_bytes::<6>()?),
+        kid: hex::encode(random_bytes::<6>()?),
         public_x: b64.encode(public),
         issued: AtomicU64::new(0),
     });

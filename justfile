@@ -1,0 +1,15 @@
+# Conveniences only: the README's commands do not need `just`.
+
+demo:
+    cargo run --release -- demo
+
+test:
+    scripts/test
+
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+bench:
+    cargo bench -p broker-core
+    scripts/bench-cli
