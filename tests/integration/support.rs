@@ -85,6 +85,14 @@ impl Home {
         )
     }
 
+    /// Cache entries that hold a token (an entry may hold only a cool-down).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache_entries()
+            .iter()
+            .filter(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("\"access_token\"")))
+            .count()
+    }
+
     /// Cache entry files (`<hex>.json`).
     pub fn cache_entries(&self) -> Vec<PathBuf> {
         let Ok(rd) = std::fs::read_dir(self.cache_dir()) else {

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use tracing::Instrument;
 
-use crate::cache::{CacheKey, DiskCache, Entry};
+use crate::cache::{CacheKey, Cooldown, DiskCache, Entry};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{CacheMode, Config, Overrides, Settings};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::kinds::HttpProvider;
 use crate::provider::{FetchContext, Provider};
 use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_TOKEN_PAUSE_FLOOR};
@@ -30,8 +30,12 @@ pub struct Policy {
     pub lifetime: LifetimePolicy,
     /// Where tokens are cached. Defaults to disk.
     pub cache: CacheMode,
-    /// How long to wait for another process's fetch (the cross-process lock). Defaults to 15 seconds.
+    /// How long to wait for another process's fetch (the cross-process lock). Defaults to 50 seconds.
     pub lock_wait: Duration,
+    /// Total time spent retrying `unavailable` answers when no valid token is cached. Defaults to 30 seconds.
+    pub retry: Duration,
+    /// After a `rejected` answer the provider is not asked again for this long. Defaults to 30 seconds.
+    pub cooldown: Duration,
 }
 
 impl Default for Policy {
@@ -43,7 +47,11 @@ impl Default for Policy {
                 max_ttl: crate::config::DEFAULT_MAX_TTL,
             },
             cache: CacheMode::Disk,
-            lock_wait: crate::config::DEFAULT_TIMEOUT,
+            lock_wait: crate::config::DEFAULT_RETRY
+                + crate::config::DEFAULT_TIMEOUT
+                + crate::config::DEFAULT_CONNECT_TIMEOUT,
+            retry: crate::config::DEFAULT_RETRY,
+            cooldown: crate::config::DEFAULT_COOLDOWN,
         }
     }
 }
@@ -58,7 +66,9 @@ impl Policy {
                 max_ttl: s.max_ttl,
             },
             cache: s.cache,
-            lock_wait: s.timeout + s.connect_timeout,
+            lock_wait: s.retry + s.timeout + s.connect_timeout,
+            retry: s.retry,
+            cooldown: s.cooldown,
         }
     }
 }
@@ -89,6 +99,7 @@ struct Slot {
     current: RwLock<Option<Arc<AccessToken>>>,
     fetch: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    cooldown: std::sync::Mutex<Option<Cooldown>>,
 }
 
 impl Slot {
@@ -105,6 +116,12 @@ impl Slot {
             _ => None,
         }
     }
+    fn cooldown(&self) -> Option<Cooldown> {
+        self.cooldown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
     fn install(&self, t: Arc<AccessToken>) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(t);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -117,6 +134,67 @@ struct Profile {
     policy: Policy,
     /// The key and its slot, computed on first use (it may read an env var or a file).
     keyed: OnceLock<(CacheKey, Arc<Slot>)>,
+}
+
+/// Combines what memory and disk know: the later-expiring token, the later cool-down, disk's endpoint.
+fn merge(memory: Entry, disk: Entry) -> Entry {
+    let token = match (memory.token, disk.token) {
+        (Some(m), Some(d)) => Some(if m.expires_at() >= d.expires_at() {
+            m
+        } else {
+            d
+        }),
+        (m, d) => m.or(d),
+    };
+    let cooldown = match (memory.cooldown, disk.cooldown) {
+        (Some(m), Some(d)) => Some(if m.until >= d.until { m } else { d }),
+        (m, d) => m.or(d),
+    };
+    Entry {
+        token,
+        endpoint: disk.endpoint.or(memory.endpoint),
+        cooldown,
+    }
+}
+
+/// The error of a cool-down in force.
+fn cooling_down(p: &Profile, c: &Cooldown) -> Error {
+    Error::new(
+        c.kind,
+        format!(
+            "{}; not asking the provider again before {} (cool-down; --force-refresh overrides)",
+            c.message,
+            humantime::format_rfc3339_seconds(c.until)
+        ),
+    )
+    .with_retry_at(Some(c.until))
+    .context(format!("profile `{}`", p.name))
+}
+
+/// After a failure: the still-valid token with a warning, else the error.
+fn serve_previous(
+    previous: Option<Arc<AccessToken>>,
+    e: Error,
+    now: SystemTime,
+) -> Result<Arc<AccessToken>> {
+    match previous {
+        Some(old) => {
+            tracing::warn!(
+                "{e}; serving the cached token, still valid for {}",
+                crate::duration::format(old.remaining(now))
+            );
+            Ok(old)
+        }
+        None => Err(e),
+    }
+}
+
+/// Full-jitter exponential backoff: uniform in `[0, min(8 s, 250 ms * 2^attempt)]`.
+fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(250)
+        .saturating_mul(1 << attempt.min(5))
+        .min(Duration::from_secs(8));
+    cap.mul_f64(fastrand::f64())
 }
 
 /// Builds a [`Broker`].
@@ -266,9 +344,13 @@ impl Broker {
         if let Some(t) = slot.fresh(now, min_ttl) {
             return Ok(Some(t));
         }
-        if let Some(entry) = self.disk_for(p).and_then(|d| d.read(key)) {
-            if entry.token.is_fresh(now, min_ttl) {
-                let t = Arc::new(entry.token);
+        if let Some(token) = self
+            .disk_for(p)
+            .and_then(|d| d.read(key))
+            .and_then(|e| e.token)
+        {
+            if token.is_fresh(now, min_ttl) {
+                let t = Arc::new(token);
                 slot.install(Arc::clone(&t));
                 return Ok(Some(t));
             }
@@ -299,7 +381,7 @@ impl Broker {
                 clock: &*self.clock,
                 endpoint_hint: None,
             };
-            return self.fetch(p, &cx, None).await.map(|(t, _)| t);
+            return self.fetch_with_retry(p, &cx, None).await.map(|(t, _)| t);
         }
         let (key, slot) = self.keyed(p)?;
         let asked_at = self.clock.now();
@@ -317,51 +399,69 @@ impl Broker {
             return Ok(t);
         }
         let disk = self.disk_for(p);
-        let mut previous = slot.get();
-        let mut hint = None;
+        let mut known = Entry {
+            token: slot.get().map(|t| (*t).clone()),
+            endpoint: None,
+            cooldown: slot.cooldown(),
+        };
         let _cross_process = match disk {
             Some(d) => {
                 if !req.force_refresh {
-                    if let Some(t) = self.adopt(d.read(key), slot, now, min_ttl, asked_at, false) {
+                    if let Some(t) = self.adopt(
+                        d.read(key).and_then(|e| e.token),
+                        slot,
+                        now,
+                        min_ttl,
+                        asked_at,
+                        false,
+                    ) {
                         return Ok(t);
                     }
                 }
                 let lock = d.lock(key, p.policy.lock_wait).await?;
-                let entry = d.read(key);
                 let now = self.clock.now();
-                if let Some(t) = self.adopt(
-                    entry.clone(),
-                    slot,
-                    now,
-                    min_ttl,
-                    asked_at,
-                    req.force_refresh,
-                ) {
-                    return Ok(t);
-                }
-                if let Some(e) = entry {
-                    hint = e.endpoint;
-                    if previous
-                        .as_ref()
-                        .is_none_or(|m| m.expires_at() < e.token.expires_at())
-                    {
-                        previous = Some(Arc::new(e.token));
+                if let Some(e) = d.read(key) {
+                    if let Some(t) = self.adopt(
+                        e.token.clone(),
+                        slot,
+                        now,
+                        min_ttl,
+                        asked_at,
+                        req.force_refresh,
+                    ) {
+                        return Ok(t);
                     }
+                    known = merge(known, e);
                 }
                 Some(lock)
             }
             None => None,
         };
+        let now = self.clock.now();
+        let previous = known
+            .token
+            .clone()
+            .filter(|t| t.is_valid(now))
+            .map(Arc::new);
+        if let Some(c) = known
+            .cooldown
+            .as_ref()
+            .filter(|c| now < c.until && !req.force_refresh)
+        {
+            return serve_previous(previous, cooling_down(p, c), now);
+        }
         let cx = FetchContext {
             clock: &*self.clock,
-            endpoint_hint: hint.as_deref(),
+            endpoint_hint: known.endpoint.as_deref(),
         };
-        match self.fetch(p, &cx, previous.as_deref()).await {
+        match self.fetch_with_retry(p, &cx, previous.as_deref()).await {
             Ok((t, endpoint)) => {
+                *slot.cooldown.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 if let Some(d) = disk {
                     let entry = Entry {
-                        token: (*t).clone(),
+                        token: Some((*t).clone()),
                         endpoint,
+                        cooldown: None,
                     };
                     if let Err(e) = d.write(key, &entry, &p.name) {
                         tracing::warn!(
@@ -375,38 +475,99 @@ impl Broker {
             }
             Err(e) => {
                 let now = self.clock.now();
-                match previous.filter(|t| t.is_valid(now)) {
-                    Some(old) => {
-                        tracing::warn!(
-                            "{e}; serving the cached token, still valid for {}",
-                            crate::duration::format(old.remaining(now))
-                        );
-                        Ok(old)
+                let until = match e.kind() {
+                    ErrorKind::Rejected => Some(now + p.policy.cooldown),
+                    ErrorKind::Unavailable => e.retry_at().filter(|at| *at > now),
+                    _ => None,
+                };
+                if let Some(until) = until {
+                    // Remembered in memory and in the cache entry, so separate processes obey it too. The entry
+                    // keeps whatever token it held: a failure never removes a still-valid token.
+                    let c = Cooldown {
+                        until,
+                        kind: e.kind(),
+                        message: e.message().to_owned(),
+                    };
+                    *slot.cooldown.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                    if let Some(d) = disk {
+                        let entry = Entry {
+                            cooldown: Some(c),
+                            ..known
+                        };
+                        if let Err(w) = d.write(key, &entry, &p.name) {
+                            tracing::warn!(
+                                "profile `{}`: cool-down not saved to the disk cache: {w}",
+                                p.name
+                            );
+                        }
                     }
-                    None => Err(e),
                 }
+                serve_previous(previous, e, now)
             }
         }
     }
 
-    /// Uses a disk entry if it serves this request: fresh, or (for a forced refresh) written after we asked.
+    /// Fetches, retrying `unavailable` answers with exponential backoff and full jitter within the retry
+    /// budget, honouring a time the provider named. With a still-valid token to fall back on, one attempt only:
+    /// the caller is better served by that token now than by a fresh one later.
+    async fn fetch_with_retry(
+        &self,
+        p: &Profile,
+        cx: &FetchContext<'_>,
+        previous: Option<&AccessToken>,
+    ) -> Result<(Arc<AccessToken>, Option<String>)> {
+        let budget = if previous.is_some() {
+            Duration::ZERO
+        } else {
+            p.policy.retry
+        };
+        let started = std::time::Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let e = match self.fetch(p, cx, previous).await {
+                Err(e) if e.kind() == ErrorKind::Unavailable => e,
+                other => return other,
+            };
+            let elapsed = started.elapsed();
+            let wait = match e.retry_at() {
+                Some(at) => at.duration_since(self.clock.now()).unwrap_or_default(),
+                None => backoff(attempt),
+            };
+            if elapsed + wait > budget {
+                if e.retry_at().is_some() && !budget.is_zero() {
+                    let msg = format!(
+                        "{}; that is beyond the retry budget of {}",
+                        e.message(),
+                        crate::duration::format(budget)
+                    );
+                    return Err(Error::unavailable(msg).with_retry_at(e.retry_at()));
+                }
+                return Err(e);
+            }
+            tracing::info!("{e}; retrying in {}ms", wait.as_millis());
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Uses a cached token if it serves this request: fresh, or (for a forced refresh) fetched after we asked.
     fn adopt(
         &self,
-        entry: Option<Entry>,
+        token: Option<AccessToken>,
         slot: &Slot,
         now: SystemTime,
         min_ttl: Duration,
         asked_at: SystemTime,
         force: bool,
     ) -> Option<Arc<AccessToken>> {
-        let e = entry?;
+        let t = token?;
         let usable = if force {
-            e.token.obtained_at() >= asked_at && e.token.is_valid(now)
+            t.obtained_at() >= asked_at && t.is_valid(now)
         } else {
-            e.token.is_fresh(now, min_ttl)
+            t.is_fresh(now, min_ttl)
         };
         usable.then(|| {
-            let t = Arc::new(e.token);
+            let t = Arc::new(t);
             slot.install(Arc::clone(&t));
             t
         })
@@ -460,14 +621,15 @@ impl Broker {
     pub fn cache_state(&self, profile: &str) -> Result<CacheState> {
         let p = self.profile(profile)?;
         let (key, slot) = self.keyed(p)?;
-        let best = match (slot.get(), self.disk_for(p).and_then(|d| d.read(key))) {
-            (Some(m), Some(d)) => Some(if m.expires_at() >= d.token.expires_at() {
-                m.expires_at()
-            } else {
-                d.token.expires_at()
-            }),
+        let best = match (
+            slot.get(),
+            self.disk_for(p)
+                .and_then(|d| d.read(key))
+                .and_then(|e| e.token),
+        ) {
+            (Some(m), Some(d)) => Some(m.expires_at().max(d.expires_at())),
             (Some(m), None) => Some(m.expires_at()),
-            (None, Some(d)) => Some(d.token.expires_at()),
+            (None, Some(d)) => Some(d.expires_at()),
             (None, None) => None,
         };
         let now = self.clock.now();

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::paths::ensure_private_dir;
 use crate::token::AccessToken;
 
@@ -39,19 +39,34 @@ impl CacheKey {
 }
 
 /// A cached token and what was learned while getting it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Entry {
-    /// The token.
-    pub token: AccessToken,
+    /// The token, if one was ever fetched (an entry may hold only a cool-down).
+    pub token: Option<AccessToken>,
     /// The token endpoint actually used (after discovery or the `/auth` fallback).
     pub endpoint: Option<String>,
+    /// Do not ask the provider before this (after a rejection, or a 429 that named a time).
+    pub cooldown: Option<Cooldown>,
+}
+
+/// A period in which the provider is not asked, and the failure that started it.
+#[derive(Debug, Clone)]
+pub struct Cooldown {
+    /// When the provider may be asked again.
+    pub until: SystemTime,
+    /// The class of the failure that started it.
+    pub kind: ErrorKind,
+    /// The failure's message (never holds a secret).
+    pub message: String,
 }
 
 #[derive(Serialize, Deserialize)]
 struct EntryFile {
     version: u32,
     profile: String,
-    access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    #[serde(default)]
     token_type: String,
     /// Milliseconds since the epoch, rounded down (so a stored expiry is never later than the real one).
     obtained_at_ms: u64,
@@ -60,6 +75,12 @@ struct EntryFile {
     refresh_not_before_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cooldown_until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cooldown_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cooldown_message: Option<String>,
 }
 
 fn to_millis(t: SystemTime) -> u64 {
@@ -80,36 +101,50 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
         None => return Err("no version".into()),
     }
     let f: EntryFile = serde_json::from_value(v).map_err(|_| "malformed".to_owned())?;
-    let obtained = from_millis(f.obtained_at_ms).ok_or("bad obtained_at_ms")?;
-    let expires = from_millis(f.expires_at_ms).ok_or("bad expires_at_ms")?;
-    if f.access_token.is_empty() {
-        return Err("empty token".into());
-    }
-    let token = AccessToken::new(
-        SecretString::from(f.access_token),
-        f.token_type,
-        obtained,
-        expires,
-    )
-    .with_refresh_not_before(f.refresh_not_before_ms.and_then(from_millis));
+    let token = match f.access_token.filter(|t| !t.is_empty()) {
+        Some(t) => {
+            let obtained = from_millis(f.obtained_at_ms).ok_or("bad obtained_at_ms")?;
+            let expires = from_millis(f.expires_at_ms).ok_or("bad expires_at_ms")?;
+            Some(
+                AccessToken::new(SecretString::from(t), f.token_type, obtained, expires)
+                    .with_refresh_not_before(f.refresh_not_before_ms.and_then(from_millis)),
+            )
+        }
+        None => None,
+    };
+    let cooldown = match (
+        f.cooldown_until_ms.and_then(from_millis),
+        f.cooldown_class.as_deref().and_then(ErrorKind::parse),
+    ) {
+        (Some(until), Some(kind)) => Some(Cooldown {
+            until,
+            kind,
+            message: f.cooldown_message.unwrap_or_default(),
+        }),
+        _ => None,
+    };
     Ok(Entry {
         token,
         endpoint: f.endpoint,
+        cooldown,
     })
 }
 
 /// Serialises an entry file.
 pub fn encode_entry(entry: &Entry, profile: &str) -> Vec<u8> {
-    let t = &entry.token;
+    let t = entry.token.as_ref();
     let f = EntryFile {
         version: ENTRY_VERSION,
         profile: profile.to_owned(),
-        access_token: t.secret().expose_secret().to_owned(),
-        token_type: t.token_type().to_owned(),
-        obtained_at_ms: to_millis(t.obtained_at()),
-        expires_at_ms: to_millis(t.expires_at()),
-        refresh_not_before_ms: t.refresh_not_before().map(to_millis),
+        access_token: t.map(|t| t.secret().expose_secret().to_owned()),
+        token_type: t.map(|t| t.token_type().to_owned()).unwrap_or_default(),
+        obtained_at_ms: t.map_or(0, |t| to_millis(t.obtained_at())),
+        expires_at_ms: t.map_or(0, |t| to_millis(t.expires_at())),
+        refresh_not_before_ms: t.and_then(AccessToken::refresh_not_before).map(to_millis),
         endpoint: entry.endpoint.clone(),
+        cooldown_until_ms: entry.cooldown.as_ref().map(|c| to_millis(c.until)),
+        cooldown_class: entry.cooldown.as_ref().map(|c| c.kind.as_str().to_owned()),
+        cooldown_message: entry.cooldown.as_ref().map(|c| c.message.clone()),
     };
     serde_json::to_vec(&f).unwrap_or_default()
 }
@@ -292,15 +327,26 @@ mod tests {
         cache.write(
             &key,
             &Entry {
-                token: tok,
+                token: Some(tok),
                 endpoint: Some("https://x/token".into()),
+                cooldown: Some(Cooldown {
+                    until: now,
+                    kind: ErrorKind::Rejected,
+                    message: "HTTP 401".into(),
+                }),
             },
             "p",
         )?;
         let back = cache.read(&key).ok_or("no entry")?;
-        assert_eq!(back.token.secret().expose_secret(), "tok");
-        assert_eq!(back.token.expires_at(), now + Duration::from_secs(300));
+        let t = back.token.as_ref().ok_or("no token")?;
+        assert_eq!(t.secret().expose_secret(), "tok");
+        assert_eq!(t.expires_at(), now + Duration::from_secs(300));
         assert_eq!(back.endpoint.as_deref(), Some("https://x/token"));
+        let c = back.cooldown.ok_or("no cooldown")?;
+        assert_eq!(
+            (c.until, c.kind, c.message.as_str()),
+            (now, ErrorKind::Rejected, "HTTP 401")
+        );
         let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode(cache.dir())?, 0o700);
         assert_eq!(mode(&cache.entry_path(&key))?, 0o600);

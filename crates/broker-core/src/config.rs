@@ -512,6 +512,8 @@ fields! {
     connect_timeout: Duration => p_duration,
     /// Total retry budget.
     retry: Duration => p_duration,
+    /// Pause after a rejection.
+    cooldown: Duration => p_duration,
     /// Extra PEM roots.
     ca_file: PathBuf => p_path,
     /// Permit `http://` for a non-loopback token URL.
@@ -662,6 +664,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Default 30 s.
     pub retry: Duration,
+    /// Default 30 s: after a rejection the provider is not asked again for this long.
+    pub cooldown: Duration,
     /// Extra PEM roots.
     pub ca_file: Option<PathBuf>,
     /// Permit plain HTTP to a non-loopback host.
@@ -680,6 +684,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default retry budget.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(30);
+/// Default cool-down after a rejection.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 /// Default header template.
 pub const DEFAULT_HEADER: &str = "Authorization: Bearer {token}";
 
@@ -1158,6 +1164,7 @@ fn settle(
         timeout: val(&f.timeout).unwrap_or(DEFAULT_TIMEOUT),
         connect_timeout: val(&f.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         retry: val(&f.retry).unwrap_or(DEFAULT_RETRY),
+        cooldown: val(&f.cooldown).unwrap_or(DEFAULT_COOLDOWN),
         ca_file: val(&f.ca_file),
         allow_http,
     })
@@ -1212,6 +1219,7 @@ impl Settings {
             ("timeout", d(self.timeout)),
             ("connect_timeout", d(self.connect_timeout)),
             ("retry", d(self.retry)),
+            ("cooldown", d(self.cooldown)),
             (
                 "ca_file",
                 self.ca_file
