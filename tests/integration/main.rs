@@ -13,6 +13,8 @@ mod single_flight;
 mod cross_process;
 // Expiry, margins, the same-token pause and failed refreshes, on an injected clock.
 mod expiry;
+// Retries, Retry-After, cool-downs, stalls and resets (issue: hardening).
+mod hardening;
 // The CLI's other commands, formats, exit codes and config errors.
 mod cli;
 // `broker demo`, the README's first command.
