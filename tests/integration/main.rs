@@ -15,6 +15,10 @@ mod cross_process;
 mod expiry;
 // Retries, Retry-After, cool-downs, stalls and resets (issue: hardening).
 mod hardening;
+// Secret hygiene at trace level, SIGKILL mid-write, 200 processes over four profiles.
+mod hygiene;
+// Broken configs, snapshotted with insta: file, line, column, hint, exit 3.
+mod config_errors;
 // The CLI's other commands, formats, exit codes and config errors.
 mod cli;
 // `broker demo`, the README's first command.

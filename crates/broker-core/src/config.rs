@@ -205,6 +205,8 @@ type Val<'a> = Spanned<DeValue<'a>>;
 
 struct Ctx<'a> {
     file: &'a Arc<SourceFile>,
+    /// Set when the file holds a literal secret, so its permissions are worth a look.
+    literal_secret: std::cell::Cell<bool>,
 }
 
 impl Ctx<'_> {
@@ -395,7 +397,12 @@ fn p_params(cx: &Ctx, key: &str, v: &Val) -> Result<BTreeMap<String, String>> {
 
 fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
     match v.get_ref() {
-        DeValue::String(s) => Ok(SecretSource::Literal(SecretString::from(s.to_string()))),
+        DeValue::String(s) => {
+            if key == "client_secret" {
+                cx.literal_secret.set(true);
+            }
+            Ok(SecretSource::Literal(SecretString::from(s.to_string())))
+        }
         DeValue::Table(t) => {
             let mut entries = t.iter();
             let (Some((k, val)), None) = (entries.next(), entries.next()) else {
@@ -634,6 +641,8 @@ pub struct Settings {
     pub client_id: SecretSource,
     /// Client secret source.
     pub client_secret: SecretSource,
+    /// Where `client_id` and `client_secret` were set (`file:line:col`), for errors of their sources.
+    pub secret_positions: [String; 2],
     /// Client authentication.
     pub auth: AuthMethod,
     /// Body encoding.
@@ -702,9 +711,12 @@ fn parse_toml<'a>(file: &'a Arc<SourceFile>) -> Result<Spanned<DeTable<'a>>> {
     })
 }
 
-fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<ProviderDef> {
+fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<(ProviderDef, bool)> {
     let doc = parse_toml(file)?;
-    let cx = Ctx { file };
+    let cx = Ctx {
+        file,
+        literal_secret: Default::default(),
+    };
     let mut def = ProviderDef {
         name: name.to_owned(),
         description: None,
@@ -774,16 +786,19 @@ fn parse_provider(name: &str, file: &Arc<SourceFile>) -> Result<ProviderDef> {
             ));
         }
     }
-    Ok(def)
+    Ok((def, cx.literal_secret.get()))
 }
 
 fn parse_config_file(
     file: &Arc<SourceFile>,
     defaults: &mut Fields,
     profiles: &mut BTreeMap<String, ProfileDef>,
-) -> Result<()> {
+) -> Result<bool> {
     let doc = parse_toml(file)?;
-    let cx = Ctx { file };
+    let cx = Ctx {
+        file,
+        literal_secret: Default::default(),
+    };
     for (k, v) in doc.get_ref().iter() {
         match k.get_ref().as_ref() {
             "defaults" => {
@@ -838,7 +853,23 @@ fn parse_config_file(
             _ => return Err(cx.unknown_key(k, &["defaults", "profiles"], "the config file")),
         }
     }
-    Ok(())
+    Ok(cx.literal_secret.get())
+}
+
+/// Warns when a file holding a literal secret can be read by group or others.
+fn warn_if_exposed(file: &SourceFile) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(&file.name) else {
+        return;
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "{} holds a literal client_secret and is readable by group or others: run `chmod 600 {}`, or use \
+             an env, file or command secret source",
+            file.name,
+            file.name
+        );
+    }
 }
 
 fn read_file(path: &Path) -> Result<String> {
@@ -905,13 +936,16 @@ impl Config {
             hasher.update([0]);
             hasher.update(file.text.as_bytes());
             hasher.update([0]);
-            if *is_provider {
+            let literal = if *is_provider {
                 // A user file with a built-in's name replaces it whole.
-                config
-                    .providers
-                    .insert(name.clone(), parse_provider(name, file)?);
+                let (def, literal) = parse_provider(name, file)?;
+                config.providers.insert(name.clone(), def);
+                literal
             } else {
-                parse_config_file(file, &mut config.defaults, &mut config.profiles)?;
+                parse_config_file(file, &mut config.defaults, &mut config.profiles)?
+            };
+            if literal {
+                warn_if_exposed(file);
             }
             config.files.push(file.name.clone());
         }
@@ -1119,6 +1153,8 @@ fn settle(
             ));
         }
     }
+    let secret_positions = [&f.client_id, &f.client_secret]
+        .map(|l| l.as_ref().map_or_else(String::new, |l| l.origin.position()));
     let client_id = val(&f.client_id).ok_or_else(|| {
         missing(
             "client_id",
@@ -1145,6 +1181,7 @@ fn settle(
         app: val(&f.app),
         client_id,
         client_secret,
+        secret_positions,
         auth: val(&f.auth).unwrap_or(AuthMethod::ClientSecretPost),
         body: val(&f.body).unwrap_or(if kind == Kind::Auth0 {
             BodyFormat::Json

@@ -215,6 +215,16 @@ impl HttpProvider {
         send(req.body(body)).await
     }
 
+    /// Context for an error of the client_id (0) or client_secret (1) source: the profile, the field and
+    /// where it was set.
+    fn source_context(&self, which: usize) -> String {
+        let field = ["client_id", "client_secret"][which.min(1)];
+        match self.settings.secret_positions[which.min(1)].as_str() {
+            "" => format!("{}: {field}", self.describe()),
+            at => format!("{}: {field} (set at {at})", self.describe()),
+        }
+    }
+
     /// The other Keycloak layout (with or without `/auth`), when the endpoint is the derived one.
     fn other_layout(&self, endpoint: &str) -> Option<(String, bool)> {
         let s = &self.settings;
@@ -254,11 +264,11 @@ impl Provider for HttpProvider {
         let id = s
             .client_id
             .key_material()
-            .map_err(|e| e.context(format!("{}: client_id", self.describe())))?;
+            .map_err(|e| e.context(self.source_context(0)))?;
         let secret = s
             .client_secret
             .key_material()
-            .map_err(|e| e.context(format!("{}: client_secret", self.describe())))?;
+            .map_err(|e| e.context(self.source_context(1)))?;
         let params: Vec<u8> = self
             .params()
             .iter()
@@ -283,12 +293,12 @@ impl Provider for HttpProvider {
             .settings
             .client_id
             .resolve()
-            .map_err(|e| e.context(format!("{label}: client_id")))?;
+            .map_err(|e| e.context(self.source_context(0)))?;
         let secret = self
             .settings
             .client_secret
             .resolve()
-            .map_err(|e| e.context(format!("{label}: client_secret")))?;
+            .map_err(|e| e.context(self.source_context(1)))?;
         let endpoint = self.endpoint(cx).await.map_err(|e| e.context(&label))?;
         let requested_at = cx.clock.now();
         let answer = self
