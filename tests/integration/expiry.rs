@@ -164,7 +164,7 @@ async fn the_same_token_handed_back_is_kept_and_not_asked_for_again_too_soon() {
 
 #[tokio::test]
 async fn a_failed_refresh_serves_the_still_valid_token_and_never_an_expired_one() {
-    let f = Fixture::new("").await;
+    let f = Fixture::new("retry = \"0s\"\n").await;
     f.answer(json!({"access_token": "keep-me", "expires_in": 300}), 1)
         .await;
     f.fail_with(503).await;
