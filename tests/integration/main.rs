@@ -19,6 +19,8 @@ mod hardening;
 mod hygiene;
 // Broken configs, snapshotted with insta: file, line, column, hint, exit 3.
 mod config_errors;
+// ca_file against a local TLS endpoint with a generated CA.
+mod tls;
 // The CLI's other commands, formats, exit codes and config errors.
 mod cli;
 // `broker demo`, the README's first command.

@@ -1,0 +1,107 @@
+//! `ca_file`: a local TLS token endpoint whose CA the test generates (rcgen) is refused without it and
+//! trusted with it.
+
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+use crate::support::*;
+
+struct Pki {
+    ca_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+fn pki() -> Result<Pki, Box<dyn std::error::Error>> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)?;
+    Ok(Pki {
+        ca_pem: ca_cert.pem(),
+        config: Arc::new(config),
+    })
+}
+
+/// Serves every connection a fixed token response over TLS.
+async fn serve(config: Arc<rustls::ServerConfig>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 8192];
+                let _ = tls.read(&mut buf).await;
+                let body = r#"{"access_token":"over-tls","token_type":"Bearer","expires_in":300}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ca_file_adds_the_roots_a_private_token_endpoint_needs() -> TestResult {
+    let pki = pki()?;
+    let port = serve(pki.config.clone()).await;
+    let home = Home::new();
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem)?;
+    let base = format!("[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"https://localhost:{port}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\nretry = \"0s\"\n");
+    home.config(&base);
+    let untrusted = tokio::task::spawn_blocking({
+        let cmd = home.cmd(["token", "p"]);
+        move || run_cmd(cmd)
+    })
+    .await?;
+    untrusted.code(5);
+    home.config(&format!("{base}ca_file = \"{}\"\n", ca.display()));
+    let trusted = tokio::task::spawn_blocking({
+        let cmd = home.cmd(["token", "p"]);
+        move || run_cmd(cmd)
+    })
+    .await?;
+    assert_eq!(trusted.success().stdout, "over-tls\n");
+    Ok(())
+}
+
+#[test]
+fn a_ca_file_that_is_not_pem_is_a_config_error() {
+    let home = Home::new();
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap_or_else(|e| panic!("{e}"));
+    home.config(&format!(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"https://localhost:9/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\nca_file = \"{}\"\n",
+        ca.display()
+    ));
+    home.run(["token", "p"]).code(3).stderr_has("ca_file");
+}
+
+fn run_cmd(mut cmd: std::process::Command) -> Run {
+    Run::from(cmd.output().unwrap_or_else(|e| panic!("{e}")))
+}
