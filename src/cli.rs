@@ -65,6 +65,34 @@ pub enum Command {
     /// Manage the token cache.
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
+    /// Run a command with the token in its environment (BROKER_TOKEN and the provider's token_env).
+    #[command(
+        after_help = "Examples:\n  broker exec ion-prod -- python3 query_runs.py\n  broker exec chili --env API_TOKEN -- ./deploy.sh"
+    )]
+    Exec(commands::exec::Args),
+    /// Run curl with the provider's header (never on argv); a URL starting with / is joined to the profile's api.
+    #[command(
+        after_help = "Example:\n  broker curl ion-prod /graphql -H 'Content-Type: application/json' -d '{\"query\":\"{ runs(first: 10) { edges { node { id title } } } }\"}'"
+    )]
+    Curl(commands::curl::Args),
+    /// A git credential helper that answers only for the profile's api host (or its git_hosts).
+    #[command(
+        name = "git-credential",
+        after_help = "Example:\n  git config --global credential.https://git.example.com.helper '!broker git-credential my-profile'"
+    )]
+    GitCredential(commands::git_credential::Args),
+    /// Print shell completions.
+    #[command(
+        after_help = "Examples:\n  broker completions bash > ~/.local/share/bash-completion/completions/broker\n  broker completions zsh > ~/.zfunc/_broker"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  broker man | man -l -")]
+    Man,
     /// Run a tour: a local development issuer, an ION-shaped and a CHILI-shaped profile, cold and warm.
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
@@ -97,12 +125,18 @@ pub fn run() -> ExitCode {
         Command::Check => commands::check::run(&cli),
         Command::Inspect(args) => commands::inspect::run(&cli, args),
         Command::Cache(c) => commands::cache::run(&cli, c),
+        Command::Exec(args) => commands::exec::run(&cli, args),
+        Command::Curl(args) => commands::curl::run(&cli, args),
+        Command::GitCredential(args) => commands::git_credential::run(&cli, args),
+        Command::Completions { shell } => commands::completions::completions(*shell),
+        Command::Man => commands::completions::man(),
         Command::Demo => commands::demo::run(),
         Command::DevIssuer(args) => crate::dev_issuer::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported(kind)) => ExitCode::from(kind.exit_code()),
+        Err(Failure::Exit(code)) => ExitCode::from(code),
         Err(Failure::Error(e)) => {
             eprintln!("error: {}", e.message());
             ExitCode::from(e.kind().exit_code())
@@ -114,6 +148,8 @@ pub fn run() -> ExitCode {
 pub enum Failure {
     Error(Error),
     Reported(ErrorKind),
+    /// A child could not be started: the shell's codes, 127 not found, 126 not runnable.
+    Exit(u8),
 }
 
 impl From<Error> for Failure {

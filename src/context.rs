@@ -59,6 +59,24 @@ pub fn broker_all(config: &Config) -> Broker {
     b.build()
 }
 
+/// Resolves `profile` and gets its token: what every token-printing command does.
+pub fn settings_and_token(
+    cli: &Cli,
+    profile: &str,
+    overrides: &broker_core::Overrides,
+    req: &broker_core::TokenRequest,
+    no_cache: bool,
+) -> Result<(Settings, std::sync::Arc<broker_core::AccessToken>)> {
+    let config = load(cli)?;
+    let mut settings = config.resolve(profile, overrides)?;
+    if no_cache {
+        settings.cache = broker_core::config::CacheMode::None;
+    }
+    let broker = broker_for(settings.clone());
+    let token = get_token(&broker, profile, req)?;
+    Ok((settings, token))
+}
+
 /// Gets a token: from cache without a runtime or HTTP client when fresh, else on a one-thread runtime.
 pub fn get_token(
     broker: &Broker,

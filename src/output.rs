@@ -1,7 +1,7 @@
 //! The output formats of `broker token` (contract §5) and small printing helpers.
 
 use std::io::Write;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use broker_core::{AccessToken, Settings};
 use secrecy::ExposeSecret;
@@ -16,6 +16,8 @@ pub enum Format {
     Json,
     /// `export` lines, shell-quoted, for `eval`.
     Env,
+    /// kubectl's exec-plugin ExecCredential (v1, or v1beta1 when `KUBERNETES_EXEC_INFO` asks for it).
+    ExecCredential,
 }
 
 /// Quotes `s` for POSIX shells: single quotes, with `'` written as `'\''`.
@@ -27,9 +29,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-pub fn render(format: Format, settings: &Settings, token: &AccessToken, now: SystemTime) -> String {
+/// Renders `token` in `format`. `min_ttl` decides the margin kubectl is told to refresh at.
+pub fn render(
+    format: Format,
+    settings: &Settings,
+    token: &AccessToken,
+    now: SystemTime,
+    min_ttl: Duration,
+) -> broker_core::Result<String> {
     let raw = token.secret().expose_secret();
-    match format {
+    Ok(match format {
         Format::Token => format!("{raw}\n"),
         Format::Header => format!("{}\n", settings.header_line(raw)),
         Format::Json => {
@@ -50,6 +59,35 @@ pub fn render(format: Format, settings: &Settings, token: &AccessToken, now: Sys
             }
             out
         }
+        Format::ExecCredential => {
+            let api_version =
+                exec_credential_version(std::env::var("KUBERNETES_EXEC_INFO").ok().as_deref())?;
+            let expiration = token.expires_at() - token.margin(min_ttl);
+            let v = serde_json::json!({
+                "apiVersion": api_version,
+                "kind": "ExecCredential",
+                "status": {"token": raw, "expirationTimestamp": rfc3339(expiration)},
+            });
+            format!("{v}\n")
+        }
+    })
+}
+
+/// The ExecCredential apiVersion kubectl asked for in `KUBERNETES_EXEC_INFO` (v1 when it said nothing).
+pub fn exec_credential_version(info: Option<&str>) -> broker_core::Result<&'static str> {
+    const V1: &str = "client.authentication.k8s.io/v1";
+    const V1BETA1: &str = "client.authentication.k8s.io/v1beta1";
+    let Some(info) = info.filter(|s| !s.trim().is_empty()) else {
+        return Ok(V1);
+    };
+    let v: serde_json::Value = serde_json::from_str(info)
+        .map_err(|e| broker_core::Error::usage(format!("KUBERNETES_EXEC_INFO is not JSON: {e}")))?;
+    match v.get("apiVersion").and_then(serde_json::Value::as_str) {
+        Some(V1) | None => Ok(V1),
+        Some(V1BETA1) => Ok(V1BETA1),
+        Some(other) => Err(broker_core::Error::usage(format!(
+            "KUBERNETES_EXEC_INFO asks for {other}; supported: {V1}, {V1BETA1}"
+        ))),
     }
 }
 

@@ -28,10 +28,13 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
             .map_err(|e| Error::usage(format!("cannot read standard input: {e}")))?;
         (s.trim().to_owned(), None)
     } else {
-        let config = context::load(cli)?;
-        let settings = config.resolve(&args.target, &Default::default())?;
-        let broker = context::broker_for(settings);
-        let t = context::get_token(&broker, &args.target, &TokenRequest::default())?;
+        let (_, t) = context::settings_and_token(
+            cli,
+            &args.target,
+            &Default::default(),
+            &TokenRequest::default(),
+            false,
+        )?;
         (t.secret().expose_secret().to_owned(), Some(t.expires_at()))
     };
     output::print_stdout(&describe(&raw, known_expiry, now))?;

@@ -2,7 +2,11 @@
 
 pub mod cache;
 pub mod check;
+pub mod completions;
+pub mod curl;
 pub mod demo;
+pub mod exec;
+pub mod git_credential;
 pub mod inspect;
 pub mod list;
 pub mod providers;

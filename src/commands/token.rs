@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use broker_core::config::{CacheMode, Overrides};
+use broker_core::config::Overrides;
 use broker_core::{Error, TokenRequest};
 
 use crate::cli::{Cli, CmdResult, Failure};
@@ -50,26 +50,23 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
 }
 
 fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
-    let config = context::load(cli)?;
     let overrides = Overrides {
         min_ttl: args.min_ttl,
         scope: args.scope.clone(),
         audience: args.audience.clone(),
     };
-    let mut settings = config.resolve(&args.profile, &overrides)?;
-    if args.no_cache {
-        settings.cache = CacheMode::None;
-    }
-    let broker = context::broker_for(settings.clone());
     let req = TokenRequest {
         min_ttl: args.min_ttl,
         force_refresh: args.force_refresh,
     };
-    let token = context::get_token(&broker, &args.profile, &req)?;
-    output::print_stdout(&output::render(
+    let (settings, token) =
+        context::settings_and_token(cli, &args.profile, &overrides, &req, args.no_cache)?;
+    let rendered = output::render(
         args.format,
         &settings,
         &token,
         SystemTime::now(),
-    ))
+        args.min_ttl.unwrap_or(settings.min_ttl),
+    )?;
+    output::print_stdout(&rendered)
 }

@@ -21,6 +21,8 @@ mod hygiene;
 mod config_errors;
 // ca_file against a local TLS endpoint with a generated CA.
 mod tls;
+// Integrations: ExecCredential, git credential helper, exec, curl, env eval, completions, man.
+mod integrations;
 // The CLI's other commands, formats, exit codes and config errors.
 mod cli;
 // `broker demo`, the README's first command.

@@ -267,6 +267,14 @@ fn p_str(cx: &Ctx, key: &str, v: &Val) -> Result<String> {
     Ok(cx.string(key, v)?.to_owned())
 }
 
+fn p_str_list(cx: &Ctx, key: &str, v: &Val) -> Result<Vec<String>> {
+    let arr = v
+        .get_ref()
+        .as_array()
+        .ok_or_else(|| cx.wrong_type(key, v, "an array of strings"))?;
+    arr.iter().map(|a| p_str(cx, key, a)).collect()
+}
+
 fn p_bool(cx: &Ctx, key: &str, v: &Val) -> Result<bool> {
     v.get_ref()
         .as_bool()
@@ -525,6 +533,8 @@ fields! {
     ca_file: PathBuf => p_path,
     /// Permit `http://` for a non-loopback token URL.
     allow_http: bool => p_bool,
+    /// Hosts `broker git-credential` answers for (default: the `api` host).
+    git_hosts: Vec<String> => p_str_list,
 }
 
 /// One environment of a provider.
@@ -679,6 +689,8 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     /// Permit plain HTTP to a non-loopback host.
     pub allow_http: bool,
+    /// Hosts `broker git-credential` answers for; empty means the `api` host.
+    pub git_hosts: Vec<String>,
 }
 
 /// Default `min_ttl`.
@@ -1204,6 +1216,7 @@ fn settle(
         cooldown: val(&f.cooldown).unwrap_or(DEFAULT_COOLDOWN),
         ca_file: val(&f.ca_file),
         allow_http,
+        git_hosts: val(&f.git_hosts).unwrap_or_default(),
     })
 }
 
@@ -1264,6 +1277,14 @@ impl Settings {
                     .map_or_else(|| "-".into(), |p| p.display().to_string()),
             ),
             ("allow_http", self.allow_http.to_string()),
+            (
+                "git_hosts",
+                if self.git_hosts.is_empty() {
+                    "-".into()
+                } else {
+                    self.git_hosts.join(", ")
+                },
+            ),
         ]
     }
 }

@@ -1,0 +1,51 @@
+//! `broker exec <profile> -- <command>`: replace this process with the command, the token in its environment.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+
+use broker_core::TokenRequest;
+use secrecy::ExposeSecret;
+
+use crate::cli::{Cli, CmdResult, Failure};
+use crate::context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The profile.
+    pub profile: String,
+    /// Also put the token in this variable (repeatable).
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+    let (settings, token) = context::settings_and_token(
+        cli,
+        &args.profile,
+        &Default::default(),
+        &TokenRequest::default(),
+        false,
+    )?;
+    let Some((program, rest)) = args.command.split_first() else {
+        return Err(broker_core::Error::usage("no command given after `--`").into());
+    };
+    let raw = token.secret().expose_secret();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(rest).env("BROKER_TOKEN", raw);
+    for name in settings.token_env.iter().chain(&args.env) {
+        cmd.env(name, raw);
+    }
+    // exec(2): signals and the exit status are the command's own. It only returns on failure.
+    let err = cmd.exec();
+    eprintln!("error: cannot run {}: {err}", program.to_string_lossy());
+    Err(Failure::Exit(
+        if err.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+    ))
+}
