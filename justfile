@@ -8,7 +8,7 @@ test:
 
 lint:
     cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 bench:
     cargo bench -p broker-core

@@ -7,30 +7,14 @@ use broker_core::{paths, Broker, Config, Result, Settings};
 
 use crate::cli::Cli;
 
-/// The built-in provider definitions, compiled in from `providers/`.
-pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
-    ("ion", include_str!("../providers/ion.toml")),
-    ("chili", include_str!("../providers/chili.toml")),
-];
-
-/// Load options for the CLI: `--config`, else `BROKER_CONFIG`, else the XDG path.
+/// Load options for the CLI: `--config` (which must exist) over the user defaults.
 pub fn load_options(cli: &Cli) -> LoadOptions {
-    let (config_file, required) = match &cli.config {
-        Some(p) => (Some(p.clone()), true),
-        None => {
-            let explicit = std::env::var_os("BROKER_CONFIG").is_some_and(|v| !v.is_empty());
-            (paths::config_file(), explicit)
-        }
-    };
-    LoadOptions {
-        builtin_providers: BUILTIN_PROVIDERS
-            .iter()
-            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-            .collect(),
-        providers_dir: paths::config_dir().map(|d| d.join("providers")),
-        config_file,
-        config_file_required: required,
+    let mut opts = LoadOptions::user_default();
+    if let Some(p) = &cli.config {
+        opts.config_file = Some(p.clone());
+        opts.config_file_required = true;
     }
+    opts
 }
 
 pub fn load(cli: &Cli) -> Result<Config> {

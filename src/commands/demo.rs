@@ -12,7 +12,6 @@ use broker_core::{Broker, Config, Error, TokenRequest};
 use secrecy::ExposeSecret;
 
 use crate::cli::CmdResult;
-use crate::context::BUILTIN_PROVIDERS;
 use crate::dev_issuer;
 use crate::output::rfc3339;
 
@@ -74,7 +73,7 @@ token_url = "{base}/oauth/token"
     )
     .map_err(io)?;
     let config = Config::load(&LoadOptions {
-        builtin_providers: BUILTIN_PROVIDERS
+        builtin_providers: broker_core::BUILTIN_PROVIDERS
             .iter()
             .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
             .collect(),

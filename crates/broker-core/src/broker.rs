@@ -22,7 +22,7 @@ use crate::provider::{FetchContext, Provider};
 use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_TOKEN_PAUSE_FLOOR};
 
 /// How a profile's tokens are kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Minimum remaining life of a token served from cache. Defaults to 60 seconds.
     pub min_ttl: Duration,
@@ -36,6 +36,8 @@ pub struct Policy {
     pub retry: Duration,
     /// After a `rejected` answer the provider is not asked again for this long. Defaults to 30 seconds.
     pub cooldown: Duration,
+    /// The header line a token goes in, with `{token}`. Defaults to `Authorization: Bearer {token}`.
+    pub header: String,
 }
 
 impl Default for Policy {
@@ -52,6 +54,7 @@ impl Default for Policy {
                 + crate::config::DEFAULT_CONNECT_TIMEOUT,
             retry: crate::config::DEFAULT_RETRY,
             cooldown: crate::config::DEFAULT_COOLDOWN,
+            header: crate::config::DEFAULT_HEADER.to_owned(),
         }
     }
 }
@@ -69,6 +72,7 @@ impl Policy {
             lock_wait: s.retry + s.timeout + s.connect_timeout,
             retry: s.retry,
             cooldown: s.cooldown,
+            header: s.header.clone(),
         }
     }
 }
@@ -200,6 +204,7 @@ fn backoff(attempt: u32) -> Duration {
 /// Builds a [`Broker`].
 pub struct BrokerBuilder {
     clock: Arc<dyn Clock>,
+    http: Option<reqwest::Client>,
     disk: Option<PathBuf>,
     profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
 }
@@ -250,11 +255,23 @@ impl BrokerBuilder {
         self
     }
 
+    /// Uses the caller's `reqwest::Client` for the built-in HTTP profiles registered after this call, instead of
+    /// one built from each profile's timeouts and `ca_file`. It should not follow redirects
+    /// (`redirect::Policy::none()`): a redirected token request would carry the secret elsewhere.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
     /// Registers one resolved profile with the built-in HTTP provider.
     pub fn settings(self, s: Settings) -> Self {
         let policy = Policy::from_settings(&s);
         let name = s.profile.clone();
-        self.profile(name, Arc::new(HttpProvider::new(s)), policy)
+        let provider = match &self.http {
+            Some(c) => HttpProvider::new(s).with_client(c.clone()),
+            None => HttpProvider::new(s),
+        };
+        self.profile(name, Arc::new(provider), policy)
     }
 
     /// The broker.
@@ -281,6 +298,7 @@ impl Broker {
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
             clock: Arc::new(SystemClock),
+            http: None,
             disk: None,
             profiles: Map::default(),
         }
@@ -649,6 +667,29 @@ impl Broker {
             Some(d) => d.remove(key),
             None => Ok(false),
         }
+    }
+
+    /// The header line for `token` under `profile`'s template, split into name and value.
+    pub fn header(
+        &self,
+        profile: &str,
+        token: &AccessToken,
+    ) -> Result<(String, secrecy::SecretString)> {
+        use secrecy::ExposeSecret;
+        let p = self.profile(profile)?;
+        let line = p
+            .policy
+            .header
+            .replace("{token}", token.secret().expose_secret());
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            Error::config(format!(
+                "profile `{profile}`: header template is not `Name: value`"
+            ))
+        })?;
+        Ok((
+            name.trim().to_owned(),
+            secrecy::SecretString::from(value.trim().to_owned()),
+        ))
     }
 
     /// The disk cache, if any.

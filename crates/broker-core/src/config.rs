@@ -889,6 +889,23 @@ fn read_file(path: &Path) -> Result<String> {
         .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
 }
 
+impl LoadOptions {
+    /// What the CLI loads: the built-in providers, `$XDG_CONFIG_HOME/broker/providers/`, and the config file
+    /// named by `BROKER_CONFIG` (required to exist when set) or else `$XDG_CONFIG_HOME/broker/config.toml`.
+    pub fn user_default() -> Self {
+        let explicit = std::env::var_os("BROKER_CONFIG").is_some_and(|v| !v.is_empty());
+        LoadOptions {
+            builtin_providers: crate::BUILTIN_PROVIDERS
+                .iter()
+                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                .collect(),
+            providers_dir: crate::paths::config_dir().map(|d| d.join("providers")),
+            config_file: crate::paths::config_file(),
+            config_file_required: explicit,
+        }
+    }
+}
+
 impl Config {
     /// Loads built-in providers, the user's providers and the config file (contract §1).
     pub fn load(opts: &LoadOptions) -> Result<Config> {
@@ -941,6 +958,38 @@ impl Config {
                 ));
             }
         }
+        Self::from_sources(files)
+    }
+
+    /// A config of the built-in providers and `text` as the config file (named `<inline>` in errors): for
+    /// embedders that build their config in code, and for tests.
+    pub fn parse(text: &str) -> Result<Config> {
+        let mut files: Vec<(String, Arc<SourceFile>, bool)> = crate::BUILTIN_PROVIDERS
+            .iter()
+            .map(|(n, t)| {
+                (
+                    (*n).to_owned(),
+                    Arc::new(SourceFile {
+                        name: format!("<built-in>/{n}.toml"),
+                        text: (*t).to_owned(),
+                    }),
+                    true,
+                )
+            })
+            .collect();
+        files.push((
+            String::new(),
+            Arc::new(SourceFile {
+                name: "<inline>".into(),
+                text: text.to_owned(),
+            }),
+            false,
+        ));
+        Self::from_sources(files)
+    }
+
+    /// Parses provider files (`true`) and config files (`false`) in precedence order.
+    fn from_sources(files: Vec<(String, Arc<SourceFile>, bool)>) -> Result<Config> {
         let mut config = Config::default();
         let mut hasher = Sha256::new();
         for (name, file, is_provider) in &files {
