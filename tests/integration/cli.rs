@@ -285,3 +285,21 @@ async fn client_secret_basic_encodes_each_part_before_joining() {
     ));
     assert_eq!(home.run(["token", "b"]).token(), "basic-ok");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_cache_hit_never_runs_a_secret_command() {
+    let server = server_with("warm").await;
+    let home = Home::new();
+    let log = home.path().join("runs.log");
+    home.config(&format!(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = {{ command = [\"sh\", \"-c\", \"echo run >> {}; echo s3cret\"] }}\n",
+        server.uri(),
+        log.display()
+    ));
+    for _ in 0..3 {
+        assert_eq!(home.run(["token", "p"]).success().stdout, "warm\n");
+    }
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(runs.lines().count(), 1, "the secret command ran on a cache hit");
+    assert_eq!(server.received_requests().await.map_or(0, |r| r.len()), 1);
+}
