@@ -300,6 +300,38 @@ async fn a_warm_cache_hit_never_runs_a_secret_command() {
         assert_eq!(home.run(["token", "p"]).success().stdout, "warm\n");
     }
     let runs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(runs.lines().count(), 1, "the secret command ran on a cache hit");
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the secret command ran on a cache hit"
+    );
     assert_eq!(server.received_requests().await.map_or(0, |r| r.len()), 1);
+}
+
+#[test]
+fn config_file_precedence_is_flag_then_broker_config_then_xdg() {
+    let home = Home::new();
+    home.config("[profiles.from-xdg]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n");
+    let env_file = home.path().join("env.toml");
+    std::fs::write(&env_file, "[profiles.from-env]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n").unwrap_or_else(|e| panic!("{e}"));
+    let flag_file = home.path().join("flag.toml");
+    std::fs::write(&flag_file, "[profiles.from-flag]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n").unwrap_or_else(|e| panic!("{e}"));
+    let list = |env: Option<&std::path::Path>, flag: Option<&std::path::Path>| {
+        let mut cmd = home.cmd(["list"]);
+        if let Some(e) = env {
+            cmd.env("BROKER_CONFIG", e);
+        }
+        if let Some(f) = flag {
+            cmd.arg("--config").arg(f);
+        }
+        Run::from(cmd.output().unwrap_or_else(|e| panic!("{e}")))
+    };
+    list(None, None).success().stdout_has("from-xdg");
+    list(Some(&env_file), None).success().stdout_has("from-env");
+    list(Some(&env_file), Some(&flag_file))
+        .success()
+        .stdout_has("from-flag");
+    list(Some(&home.path().join("missing.toml")), None)
+        .code(3)
+        .stderr_has("missing.toml");
 }

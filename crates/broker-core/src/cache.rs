@@ -204,7 +204,7 @@ impl DiskCache {
     pub async fn lock(&self, key: &CacheKey, wait: Duration) -> Result<KeyLock> {
         ensure_private_dir(&self.dir)?;
         let path = self.dir.join(format!("{}.lock", key.hex()));
-        let file = open_private(&path, false)?;
+        let file = open_lock_file(&path)?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
@@ -295,13 +295,14 @@ impl DiskCache {
     }
 }
 
-fn open_private(path: &Path, truncate: bool) -> Result<File> {
+/// Opens (creating 0600) a lock file; its contents are never used.
+fn open_lock_file(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(truncate)
+        .truncate(false)
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))

@@ -70,14 +70,6 @@ impl Clock for ManualClock {
     }
 }
 
-/// Seconds since the Unix epoch, fractional.
-pub fn to_unix(t: SystemTime) -> f64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs_f64(),
-        Err(e) => -e.duration().as_secs_f64(),
-    }
-}
-
 /// The time `secs` seconds after the Unix epoch; `None` when not representable.
 pub fn from_unix(secs: f64) -> Option<SystemTime> {
     if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {

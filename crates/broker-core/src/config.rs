@@ -893,7 +893,6 @@ impl LoadOptions {
     /// What the CLI loads: the built-in providers, `$XDG_CONFIG_HOME/broker/providers/`, and the config file
     /// named by `BROKER_CONFIG` (required to exist when set) or else `$XDG_CONFIG_HOME/broker/config.toml`.
     pub fn user_default() -> Self {
-        let explicit = std::env::var_os("BROKER_CONFIG").is_some_and(|v| !v.is_empty());
         LoadOptions {
             builtin_providers: crate::BUILTIN_PROVIDERS
                 .iter()
@@ -901,7 +900,7 @@ impl LoadOptions {
                 .collect(),
             providers_dir: crate::paths::config_dir().map(|d| d.join("providers")),
             config_file: crate::paths::config_file(),
-            config_file_required: explicit,
+            config_file_required: crate::paths::config_file_is_explicit(),
         }
     }
 }

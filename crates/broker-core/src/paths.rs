@@ -30,6 +30,11 @@ pub fn config_file() -> Option<PathBuf> {
     }
 }
 
+/// Whether `BROKER_CONFIG` names the config file (which then must exist).
+pub fn config_file_is_explicit() -> bool {
+    std::env::var_os("BROKER_CONFIG").is_some_and(|v| !v.is_empty())
+}
+
 /// `$XDG_CACHE_HOME/broker`, else `~/.cache/broker`.
 pub fn cache_dir() -> Option<PathBuf> {
     xdg("XDG_CACHE_HOME", ".cache").map(|p| p.join("broker"))
