@@ -93,6 +93,11 @@ pub enum Command {
     /// Print the man page (roff).
     #[command(after_help = "Example:\n  broker man | man -l -")]
     Man,
+    /// Serve tokens to every local process over a private Unix socket, refreshing them ahead of expiry.
+    #[command(
+        after_help = "Examples:\n  broker daemon\n  broker daemon --allow-uid 1000 --log-format json\n  curl --unix-socket \"$XDG_RUNTIME_DIR/broker/broker.sock\" http://broker/v1/token/ion-prod"
+    )]
+    Daemon(crate::daemon::Args),
     /// Run a tour: a local development issuer, an ION-shaped and a CHILI-shaped profile, cold and warm.
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
@@ -117,7 +122,8 @@ pub fn run() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging();
+    let json_logs = matches!(&cli.command, Command::Daemon(a) if a.log_format == crate::daemon::LogFormat::Json);
+    init_logging(json_logs);
     let result = match &cli.command {
         Command::Token(args) => commands::token::run(&cli, args),
         Command::List => commands::list::run(&cli),
@@ -130,6 +136,7 @@ pub fn run() -> ExitCode {
         Command::GitCredential(args) => commands::git_credential::run(&cli, args),
         Command::Completions { shell } => commands::completions::completions(*shell),
         Command::Man => commands::completions::man(),
+        Command::Daemon(args) => crate::daemon::run(&cli, args),
         Command::Demo => commands::demo::run(),
         Command::DevIssuer(args) => crate::dev_issuer::run(args),
     };
@@ -160,15 +167,18 @@ impl From<Error> for Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
-fn init_logging() {
+fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BROKER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| EnvFilter::new(if json { "info" } else { "warn" }));
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        fmt.json().try_init()
+    } else {
+        fmt.without_time().try_init()
+    };
 }

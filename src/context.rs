@@ -8,17 +8,17 @@ use broker_core::{paths, Broker, Config, Result, Settings};
 use crate::cli::Cli;
 
 /// Load options for the CLI: `--config` (which must exist) over the user defaults.
-pub fn load_options(cli: &Cli) -> LoadOptions {
+pub fn load_options_for(config_flag: Option<&std::path::Path>) -> LoadOptions {
     let mut opts = LoadOptions::user_default();
-    if let Some(p) = &cli.config {
-        opts.config_file = Some(p.clone());
+    if let Some(p) = config_flag {
+        opts.config_file = Some(p.to_path_buf());
         opts.config_file_required = true;
     }
     opts
 }
 
 pub fn load(cli: &Cli) -> Result<Config> {
-    Config::load(&load_options(cli))
+    Config::load(&load_options_for(cli.config.as_deref()))
 }
 
 pub fn cache_dir() -> Option<PathBuf> {

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use broker_core::config::Overrides;
+use broker_core::config::{CacheMode, Overrides};
 use broker_core::{Error, TokenRequest};
 
 use crate::cli::{Cli, CmdResult, Failure};
 use crate::context;
+use crate::daemon;
 use crate::output::{self, Format};
 
 #[derive(clap::Args)]
@@ -31,6 +32,9 @@ pub struct Args {
     /// Neither read nor write the cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Work in-process even when a daemon with the same configuration is running.
+    #[arg(long)]
+    pub no_daemon: bool,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -55,18 +59,52 @@ fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
         scope: args.scope.clone(),
         audience: args.audience.clone(),
     };
+    let config = context::load(cli)?;
+    let mut settings = config.resolve(&args.profile, &overrides)?;
+    let now = SystemTime::now();
+    let min_ttl = args.min_ttl.unwrap_or(settings.min_ttl);
+    // The daemon serves what its API can express; anything else is done here.
+    let via_daemon = !args.no_daemon
+        && !args.no_cache
+        && args.scope.is_none()
+        && args.audience.is_none()
+        && args.format != Format::ExecCredential;
+    if via_daemon {
+        match daemon::client::token(
+            config.fingerprint(),
+            &args.profile,
+            args.min_ttl,
+            args.force_refresh,
+        ) {
+            Some(daemon::client::Answer::Token(v)) => {
+                let token = daemon::client::token_from_json(&v, now)?;
+                return output::print_stdout(&output::render(
+                    args.format,
+                    &settings,
+                    &token,
+                    now,
+                    min_ttl,
+                )?);
+            }
+            Some(daemon::client::Answer::Failed(e)) => return Err(e),
+            None => {}
+        }
+    }
+    if args.no_cache {
+        settings.cache = CacheMode::None;
+    }
     let req = TokenRequest {
         min_ttl: args.min_ttl,
         force_refresh: args.force_refresh,
+        ..Default::default()
     };
-    let (settings, token) =
-        context::settings_and_token(cli, &args.profile, &overrides, &req, args.no_cache)?;
-    let rendered = output::render(
+    let broker = context::broker_for(settings.clone());
+    let token = context::get_token(&broker, &args.profile, &req)?;
+    output::print_stdout(&output::render(
         args.format,
         &settings,
         &token,
-        SystemTime::now(),
-        args.min_ttl.unwrap_or(settings.min_ttl),
-    )?;
-    output::print_stdout(&rendered)
+        now,
+        min_ttl,
+    )?)
 }

@@ -43,7 +43,7 @@ const front = http.createServer((req, res) => {
     handler(req, res);
   }
 });
-await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
+await new Promise((resolve) => front.listen(Number(process.env.PORT || 0), '127.0.0.1', resolve));
 const port = front.address().port;
 server.issuer.url = `http://127.0.0.1:${port}`;
 console.log(`READY ${port}`);

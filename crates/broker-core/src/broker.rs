@@ -21,6 +21,12 @@ use crate::kinds::HttpProvider;
 use crate::provider::{FetchContext, Provider};
 use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_TOKEN_PAUSE_FLOOR};
 
+/// Told about every upstream request, for metrics. Defaults to nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// A token request to `profile`'s provider finished after `took`: `Ok(())` or the failure's class.
+    fn upstream(&self, profile: &str, outcome: std::result::Result<(), ErrorKind>, took: Duration);
+}
+
 /// How a profile's tokens are kept.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -84,6 +90,15 @@ pub struct TokenRequest {
     pub min_ttl: Option<Duration>,
     /// Ask the provider even if a fresh token is cached.
     pub force_refresh: bool,
+    /// Ask the provider even if a fresh token is cached, but not during a cool-down: for refreshing ahead of
+    /// expiry in the background.
+    pub refresh_ahead: bool,
+}
+
+impl TokenRequest {
+    fn skips_cache(&self) -> bool {
+        self.force_refresh || self.refresh_ahead
+    }
 }
 
 /// The cache state of a profile, for `broker list`.
@@ -203,6 +218,7 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Builds a [`Broker`].
 pub struct BrokerBuilder {
+    observer: Option<Arc<dyn Observer>>,
     clock: Arc<dyn Clock>,
     http: Option<reqwest::Client>,
     disk: Option<PathBuf>,
@@ -213,6 +229,12 @@ impl BrokerBuilder {
     /// Uses `clock` instead of the system clock. Defaults to [`SystemClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Reports every upstream request to `observer`.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -277,6 +299,7 @@ impl BrokerBuilder {
     /// The broker.
     pub fn build(self) -> Broker {
         Broker {
+            observer: self.observer,
             clock: self.clock,
             disk: self.disk.map(DiskCache::new),
             profiles: self.profiles,
@@ -287,6 +310,7 @@ impl BrokerBuilder {
 
 /// Hands out tokens: from memory, from disk, or from the provider, one upstream call per key at a time.
 pub struct Broker {
+    observer: Option<Arc<dyn Observer>>,
     clock: Arc<dyn Clock>,
     disk: Option<DiskCache>,
     profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
@@ -297,6 +321,7 @@ impl Broker {
     /// A builder with the system clock and no profiles.
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
+            observer: None,
             clock: Arc::new(SystemClock),
             http: None,
             disk: None,
@@ -353,7 +378,7 @@ impl Broker {
     /// needing a runtime. `None` when the provider must be asked.
     pub fn cached(&self, profile: &str, req: &TokenRequest) -> Result<Option<Arc<AccessToken>>> {
         let p = self.profile(profile)?;
-        if req.force_refresh || p.policy.cache == CacheMode::None {
+        if req.skips_cache() || p.policy.cache == CacheMode::None {
             return Ok(None);
         }
         let (key, slot) = self.keyed(p)?;
@@ -379,7 +404,7 @@ impl Broker {
     /// A token for `profile`: cached while fresh, else fetched once for all concurrent callers.
     pub async fn token(&self, profile: &str, req: &TokenRequest) -> Result<Arc<AccessToken>> {
         let p = self.profile(profile)?;
-        if !req.force_refresh && p.policy.cache != CacheMode::None {
+        if !req.skips_cache() && p.policy.cache != CacheMode::None {
             let (_, slot) = self.keyed(p)?;
             if let Some(t) = slot.fresh(
                 self.clock.now_upper_bound(),
@@ -406,7 +431,7 @@ impl Broker {
         let generation = slot.generation.load(Ordering::Acquire);
         let _in_process = slot.fetch.lock().await;
         let now = self.clock.now();
-        if req.force_refresh {
+        if req.skips_cache() {
             // Someone refreshed while we waited for the slot: that token is as new as ours would be.
             if slot.generation.load(Ordering::Acquire) != generation {
                 if let Some(t) = slot.get().filter(|t| t.is_valid(now)) {
@@ -424,7 +449,7 @@ impl Broker {
         };
         let _cross_process = match disk {
             Some(d) => {
-                if !req.force_refresh {
+                if !req.skips_cache() {
                     if let Some(t) = self.adopt(
                         d.read(key).and_then(|e| e.token),
                         slot,
@@ -445,7 +470,7 @@ impl Broker {
                         now,
                         min_ttl,
                         asked_at,
-                        req.force_refresh,
+                        req.skips_cache(),
                     ) {
                         return Ok(t);
                     }
@@ -597,7 +622,16 @@ impl Broker {
         cx: &FetchContext<'_>,
         previous: Option<&AccessToken>,
     ) -> Result<(Arc<AccessToken>, Option<String>)> {
-        let fetched = p.provider.fetch(cx).await?;
+        let started = std::time::Instant::now();
+        let fetched = p.provider.fetch(cx).await;
+        if let Some(o) = &self.observer {
+            o.upstream(
+                &p.name,
+                fetched.as_ref().map(|_| ()).map_err(Error::kind),
+                started.elapsed(),
+            );
+        }
+        let fetched = fetched?;
         let (mut token, notes) =
             into_token(fetched.response, fetched.requested_at, p.policy.lifetime);
         for n in notes {

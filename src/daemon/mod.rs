@@ -1,0 +1,509 @@
+//! `broker daemon`: one process that keeps every token fresh for every local caller, over HTTP/1.1 on a private
+//! Unix socket (contract §6). The CLI side of the exchange is `client.rs`.
+
+pub mod client;
+mod metrics;
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use broker_core::{Broker, CacheState, Config, Error, ErrorKind, Settings, TokenRequest};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::UnixListener;
+
+use crate::cli::{Cli, CmdResult};
+use crate::context;
+use crate::output::{self, rfc3339, Format};
+use metrics::Metrics;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The socket (default: $XDG_RUNTIME_DIR/broker/broker.sock, else $XDG_CACHE_HOME/broker/run/broker.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also accept connections from this uid (repeatable), e.g. a container's user.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// Stop refreshing a profile nobody asked for in this long.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = crate::commands::token::parse_duration)]
+    pub refresh_idle_after: Duration,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Log lines as JSON.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The socket path the daemon listens on by default, and the CLI looks for.
+pub fn default_socket() -> Option<PathBuf> {
+    broker_core::paths::runtime_dir().map(|d| d.join("broker.sock"))
+}
+
+/// Everything a request needs, swapped whole on SIGHUP.
+struct Loaded {
+    broker: Broker,
+    config: Config,
+    settings: HashMap<String, Settings>,
+}
+
+struct Daemon {
+    loaded: RwLock<Arc<Loaded>>,
+    metrics: Arc<Metrics>,
+    allowed_uids: Vec<u32>,
+    idle_after: Duration,
+    /// Profiles being refreshed in the background, with when they were last asked for.
+    refreshing: Mutex<HashMap<String, Instant>>,
+}
+
+impl Daemon {
+    fn loaded(&self) -> Arc<Loaded> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn load(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Error> {
+    let config = Config::load(&context::load_options_for(config_flag))?;
+    let mut settings = HashMap::new();
+    for name in config.profile_names() {
+        if let Ok(s) = config.resolve(name, &Default::default()) {
+            settings.insert(name.to_owned(), s);
+        }
+    }
+    let mut b = Broker::builder()
+        .observer(metrics.clone())
+        .config(&config, &Default::default());
+    if let Some(dir) = context::cache_dir() {
+        b = b.disk_cache(dir);
+    }
+    Ok(Loaded {
+        broker: b.build(),
+        config,
+        settings,
+    })
+}
+
+/// Peer credentials of a connection.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: Option<u32>,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        Peer {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// Refuses a socket directory that is not ours or that others can write to; creates it 0700 if missing.
+fn check_socket_dir(dir: &Path) -> Result<(), Error> {
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(Error::config(format!(
+                "{} belongs to uid {}, not to us (uid {me}): refusing to put the socket there",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(Error::config(format!(
+                "{} is writable by group or others: refusing to put the socket there (chmod 700 {})",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    broker_core::paths::ensure_private_dir(dir)
+}
+
+pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+    let mut rt = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if args.threads > 1 {
+        rt.worker_threads(args.threads);
+    }
+    let rt = rt
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(serve(cli, args))?;
+    Ok(())
+}
+
+async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
+    let socket = args.socket.clone().or_else(default_socket).ok_or_else(|| {
+        Error::config("no runtime directory: set XDG_RUNTIME_DIR or HOME, or pass --socket")
+    })?;
+    let dir = socket
+        .parent()
+        .ok_or_else(|| Error::config("the socket path has no directory"))?;
+    check_socket_dir(dir)?;
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Err(Error::config(format!(
+                "a daemon is already listening on {}",
+                socket.display()
+            )));
+        }
+        tracing::info!("removing the stale socket {}", socket.display());
+        std::fs::remove_file(&socket).map_err(|e| {
+            Error::internal(format!(
+                "cannot remove stale socket {}: {e}",
+                socket.display()
+            ))
+        })?;
+    }
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", socket.display())))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::internal(format!("cannot chmod {}: {e}", socket.display())))?;
+
+    let metrics = Arc::new(Metrics::default());
+    let daemon = Arc::new(Daemon {
+        loaded: RwLock::new(Arc::new(load(cli.config.as_deref(), &metrics)?)),
+        metrics,
+        allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
+            .chain(args.allow_uid.iter().copied())
+            .collect(),
+        idle_after: args.refresh_idle_after,
+        refreshing: Mutex::new(HashMap::new()),
+    });
+    let app = Router::new()
+        .route("/v1/token/{profile}", get(token))
+        .route("/v1/profiles", get(profiles))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), guard))
+        .with_state(daemon.clone());
+
+    let reload = {
+        let daemon = daemon.clone();
+        let cli_config = cli.config.clone();
+        tokio::spawn(async move { reload_on_hup(daemon, cli_config).await })
+    };
+    tracing::info!("listening on {}", socket.display());
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    reload.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped; removed {}", socket.display());
+    served.map_err(|e| Error::internal(format!("server error: {e}")))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+    }
+}
+
+async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load(config.as_deref(), &daemon.metrics) {
+            Ok(l) => {
+                *daemon.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(l);
+                tracing::info!("SIGHUP: configuration reloaded");
+            }
+            Err(e) => tracing::warn!("SIGHUP: keeping the old configuration: {e}"),
+        }
+    }
+}
+
+/// Checks the peer's uid and stamps every answer with the config fingerprint.
+async fn guard(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !peer.uid.is_some_and(|u| daemon.allowed_uids.contains(&u)) {
+        tracing::warn!("refused a connection from uid {:?}", peer.uid);
+        return error_response(
+            &Error::new(ErrorKind::Usage, "this uid may not use the daemon"),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let fingerprint = daemon.loaded().config.fingerprint().to_owned();
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&fingerprint) {
+        resp.headers_mut().insert("broker-config", v);
+    }
+    resp
+}
+
+fn error_response(e: &Error, status: StatusCode) -> Response {
+    (
+        status,
+        Json(json!({"error": e.kind().as_str(), "message": e.message()})),
+    )
+        .into_response()
+}
+
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Usage => StatusCode::BAD_REQUEST,
+        ErrorKind::Config => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Rejected | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    min_ttl: Option<String>,
+    force_refresh: Option<bool>,
+}
+
+async fn token(
+    State(daemon): State<Arc<Daemon>>,
+    UrlPath(profile): UrlPath<String>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let loaded = daemon.loaded();
+    let m = &daemon.metrics;
+    let Ok(Query(q)) = query else {
+        m.inc(
+            "broker_requests_total",
+            &[("profile", &profile), ("outcome", "usage")],
+        );
+        return error_response(
+            &Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>"),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    let min_ttl = match q
+        .min_ttl
+        .as_deref()
+        .map(broker_core::duration::parse)
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return error_response(
+                &Error::usage(format!("min_ttl: {e}")),
+                StatusCode::BAD_REQUEST,
+            )
+        }
+    };
+    if !loaded.config.profile_names().any(|n| n == profile) {
+        m.inc(
+            "broker_requests_total",
+            &[("profile", &profile), ("outcome", "unknown_profile")],
+        );
+        let names: Vec<&str> = loaded.config.profile_names().collect();
+        return error_response(
+            &Error::config(format!(
+                "unknown profile `{profile}`; known profiles: {}",
+                names.join(", ")
+            )),
+            StatusCode::NOT_FOUND,
+        );
+    }
+    let req = TokenRequest {
+        min_ttl,
+        force_refresh: q.force_refresh.unwrap_or(false),
+        ..Default::default()
+    };
+    let asked = SystemTime::now();
+    let result = loaded.broker.token(&profile, &req).await;
+    let now = SystemTime::now();
+    if let Ok(t) = &result {
+        // A hit: the token was not fetched for this request.
+        let hit = t.obtained_at() < asked;
+        m.inc(
+            if hit {
+                "broker_cache_hits_total"
+            } else {
+                "broker_cache_misses_total"
+            },
+            &[("profile", &profile)],
+        );
+    }
+    match (result, loaded.settings.get(&profile)) {
+        (Ok(t), Some(settings)) => {
+            m.inc(
+                "broker_requests_total",
+                &[("profile", &profile), ("outcome", "ok")],
+            );
+            m.set(
+                "broker_token_remaining_seconds",
+                &[("profile", &profile)],
+                t.remaining(now).as_secs_f64(),
+            );
+            keep_fresh(&daemon, &profile);
+            match output::render(
+                Format::Json,
+                settings,
+                &t,
+                now,
+                min_ttl.unwrap_or(settings.min_ttl),
+            ) {
+                Ok(body) => ([("content-type", "application/json")], body).into_response(),
+                Err(e) => error_response(&e, StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        (Ok(_), None) => error_response(
+            &Error::internal("profile without settings"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+        (Err(e), _) => {
+            m.inc(
+                "broker_requests_total",
+                &[("profile", &profile), ("outcome", e.kind().as_str())],
+            );
+            error_response(&e, status_of(e.kind()))
+        }
+    }
+}
+
+async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+    let loaded = daemon.loaded();
+    let list: Vec<serde_json::Value> = loaded
+        .config
+        .profile_names()
+        .map(|name| {
+            let s = loaded.settings.get(name);
+            let cache = match loaded.broker.cache_state(name) {
+                Ok(CacheState::Valid(at)) => json!({"state": "valid", "expires_at": rfc3339(at)}),
+                Ok(CacheState::Expired(at)) => json!({"state": "expired", "expires_at": rfc3339(at)}),
+                Ok(CacheState::None) => json!({"state": "none"}),
+                Err(e) => json!({"state": "error", "error": e.kind().as_str()}),
+            };
+            json!({"name": name, "provider": s.and_then(|s| s.provider.clone()), "environment": s.and_then(|s| s.environment.clone()), "cache": cache})
+        })
+        .collect();
+    Json(json!({"profiles": list}))
+}
+
+async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        daemon.metrics.render(),
+    )
+}
+
+/// Starts refreshing `profile` in the background, or notes that it is still in use.
+fn keep_fresh(daemon: &Arc<Daemon>, profile: &str) {
+    let mut refreshing = daemon.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+    let first = refreshing
+        .insert(profile.to_owned(), Instant::now())
+        .is_none();
+    drop(refreshing);
+    if first {
+        let daemon = daemon.clone();
+        let profile = profile.to_owned();
+        tokio::spawn(async move { refresh_loop(daemon, profile).await });
+    }
+}
+
+/// Refreshes `profile` when its margin is reached (less up to 10 % of the lifetime, at random), so callers never
+/// wait on the provider; backs off on failure while the cached token keeps being served; stops when idle.
+async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let last_used = daemon
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&profile)
+            .copied();
+        if last_used.is_none_or(|t| t.elapsed() > daemon.idle_after) {
+            daemon
+                .refreshing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&profile);
+            tracing::debug!("profile `{profile}`: idle; background refresh stopped");
+            return;
+        }
+        let loaded = daemon.loaded();
+        let Some(min_ttl) = loaded.settings.get(&profile).map(|s| s.min_ttl) else {
+            return;
+        };
+        let current = match loaded
+            .broker
+            .token(&profile, &TokenRequest::default())
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("background refresh of `{profile}`: {e}");
+                daemon
+                    .metrics
+                    .inc("broker_refresh_failures_total", &[("profile", &profile)]);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        let jitter = current.lifetime().mul_f64(0.1 * fastrand::f64());
+        let due = current.expires_at() - current.margin(min_ttl) - jitter;
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let ahead = TokenRequest {
+            refresh_ahead: true,
+            ..Default::default()
+        };
+        match daemon.loaded().broker.token(&profile, &ahead).await {
+            Ok(t) if t.obtained_at() > current.obtained_at() => backoff = Duration::from_secs(1),
+            outcome => {
+                // The broker served the old token (or none): the refresh failed.
+                if let Err(e) = outcome {
+                    tracing::warn!("background refresh of `{profile}`: {e}");
+                }
+                daemon
+                    .metrics
+                    .inc("broker_refresh_failures_total", &[("profile", &profile)]);
+                tokio::time::sleep(
+                    backoff.min(
+                        current
+                            .remaining(SystemTime::now())
+                            .max(Duration::from_millis(100)),
+                    ),
+                )
+                .await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! `broker daemon` on a temporary socket: the CLI through it, the socket's modes and the uid check, single flight
+//! for 1,000 concurrent callers, refresh ahead of expiry, an outage, SIGHUP reload, graceful shutdown, metrics.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::*;
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(home: &Home) -> Daemon {
+        let socket = home.path().join("run/broker/broker.sock");
+        let child = home
+            .cmd(["daemon"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let d = Daemon { child, socket };
+        poll("the daemon's socket", || d.get("/healthz").0 == 200);
+        d
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0))
+            .unwrap_or_else(|| panic!("pid"));
+        rustix::process::kill_process(pid, sig).unwrap_or_else(|e| panic!("kill: {e}"));
+    }
+
+    /// A GET over the socket: status, the `Broker-Config` header, body. Status 0 when nothing answers.
+    fn get(&self, path: &str) -> (u16, String, String) {
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
+            return (0, String::new(), String::new());
+        };
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n"
+        );
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        parse_response(&raw)
+    }
+
+    fn metrics(&self) -> String {
+        self.get("/metrics").2
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_response(raw: &str) -> (u16, String, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let fp = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("broker-config"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, fp, body.to_owned())
+}
+
+/// Polls `cond` every 20 ms until it holds, for at most 30 s.
+fn poll(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of the first metric line starting with `prefix`, 0 when absent.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const SECRET: &str = "daemon-secret";
+
+fn auth0(ttl: &str, port: Option<u16>) -> NodeServer {
+    let port = port.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
+    NodeServer::start(
+        "mock-auth0.mjs",
+        &[
+            ("CLIENT_ID", "cid"),
+            ("CLIENT_SECRET", SECRET),
+            ("AUDIENCE", "https://chiligrafx.com"),
+            ("TOKEN_TTL", ttl),
+            ("PORT", &port),
+        ],
+    )
+}
+
+fn chili_profile(home: &Home, base: &str) {
+    chili_profile_with(home, base, "");
+}
+
+fn chili_profile_with(home: &Home, base: &str, extra: &str) {
+    home.config(&format!(
+        "[profiles.chili]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\n{extra}"
+    ));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn the_cli_goes_through_the_daemon_and_prints_its_token() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    assert_eq!(mode(&d.socket), 0o600);
+    assert_eq!(mode(d.socket.parent().unwrap_or(home.path())), 0o700);
+
+    let (status, fingerprint, body) = d.get("/v1/token/chili");
+    assert_eq!(status, 200, "{body}");
+    assert!(!fingerprint.is_empty(), "no Broker-Config header");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let token = v["access_token"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(v["profile"], "chili");
+    assert_eq!(v["header"], format!("Authorization: Bearer {token}"));
+
+    let cli = home.run(["token", "chili"]);
+    assert_eq!(cli.success().token(), token);
+    let json_out: serde_json::Value =
+        serde_json::from_str(&home.run(["token", "chili", "--format", "json"]).stdout)
+            .unwrap_or_default();
+    assert_eq!(json_out["access_token"], v["access_token"]);
+    assert_eq!(json_out["expires_at"], v["expires_at"]);
+    assert_eq!(
+        metric(
+            &d.metrics(),
+            "broker_requests_total{profile=\"chili\",outcome=\"ok\"}"
+        ),
+        3.0,
+        "the CLI asked the daemon"
+    );
+    assert_eq!(idp.issued(), 1);
+    // Errors travel with their class: same exit code as in-process.
+    home.run(["token", "nope"])
+        .code(3)
+        .stderr_has("unknown profile");
+    // --no-daemon works in-process (from the disk cache the daemon filled).
+    assert_eq!(home.run(["token", "chili", "--no-daemon"]).token(), token);
+    assert_eq!(
+        metric(
+            &d.metrics(),
+            "broker_requests_total{profile=\"chili\",outcome=\"ok\"}"
+        ),
+        3.0
+    );
+    // The profiles endpoint lists the profile and its cache state, never a token.
+    let (_, _, profiles) = d.get("/v1/profiles");
+    assert!(
+        profiles.contains("\"valid\"") && !profiles.contains(&token),
+        "{profiles}"
+    );
+}
+
+#[test]
+fn a_peer_with_another_uid_is_refused_by_the_uid_check() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    // Open the file modes, test-only, so that the daemon's own uid check is what refuses.
+    for dir in [
+        home.path().to_path_buf(),
+        home.path().join("run"),
+        home.path().join("run/broker"),
+    ] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let as_nobody = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&d.socket)
+        .arg("http://broker/healthz")
+        .output()
+        .unwrap_or_else(|e| panic!("setpriv: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&as_nobody.stdout),
+        "403",
+        "stderr: {}",
+        String::from_utf8_lossy(&as_nobody.stderr)
+    );
+    assert_eq!(d.get("/healthz").0, 200, "our own uid is allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_callers_on_a_cold_profile_make_one_upstream_call() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "for-all", "expires_in": 300}))
+                .set_delay(Duration::from_millis(500)),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let home = Home::new();
+    home.config(&format!("[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = {{ env = \"S\" }}\n", server.uri()));
+    let socket = home.path().join("run/broker/broker.sock");
+    let child = home
+        .cmd(["daemon"])
+        .env("S", "s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = Daemon {
+        child,
+        socket: socket.clone(),
+    };
+    poll("the daemon's socket", || d.get("/healthz").0 == 200);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                s.write_all(
+                    b"GET /v1/token/p HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+                let mut raw = String::new();
+                s.read_to_string(&mut raw)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                parse_response(&raw)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, _, body) = t.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"for-all\""));
+    }
+}
+
+#[test]
+fn tokens_are_refreshed_ahead_so_callers_never_wait() {
+    // Tokens live 4 s: the daemon refreshes each at its margin (2 s) less jitter, with no caller asking.
+    let idp = auth0("4", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    poll("three background refreshes", || idp.issued() >= 4);
+    // Callers across those lifetimes got valid tokens without waiting on a fetch: only the first was a miss.
+    for _ in 0..5 {
+        let (status, _, body) = d.get("/v1/token/chili");
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        assert!(v["expires_in"].as_u64().is_some_and(|n| n >= 1), "{body}");
+    }
+    let m = d.metrics();
+    assert_eq!(
+        metric(&m, "broker_cache_misses_total{profile=\"chili\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "broker_upstream_requests_total{profile=\"chili\",status=\"ok\"}"
+        ) >= 4.0,
+        "{m}"
+    );
+    for name in [
+        "broker_requests_total",
+        "broker_cache_hits_total",
+        "broker_cache_misses_total",
+        "broker_upstream_requests_total",
+        "broker_upstream_duration_seconds",
+        "broker_token_remaining_seconds",
+        "broker_refresh_failures_total",
+    ] {
+        assert!(
+            m.contains(&format!("# TYPE {name} ")),
+            "metric {name} missing:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn an_outage_is_ridden_out_while_the_token_is_valid_and_recovered_from_without_a_restart() {
+    let idp = auth0("6", None);
+    let port = idp.port;
+    let home = Home::new();
+    chili_profile_with(&home, &idp.base(), "retry = \"1s\"\n");
+    let d = Daemon::start(&home);
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    drop(idp); // the provider goes away with a valid token cached
+    assert_eq!(
+        d.get("/v1/token/chili").0,
+        200,
+        "served from cache during the outage"
+    );
+    poll(
+        "the token to expire and the daemon to say unavailable",
+        || {
+            let (status, _, body) = d.get("/v1/token/chili");
+            assert!(status == 200 || status == 503, "{status} {body}");
+            status == 503 && body.contains("\"unavailable\"")
+        },
+    );
+    let _back = auth0("6", Some(port));
+    poll("recovery", || d.get("/v1/token/chili").0 == 200);
+    assert!(
+        metric(
+            &d.metrics(),
+            "broker_refresh_failures_total{profile=\"chili\"}"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    let before = d.get("/healthz").1;
+    let mut text = std::fs::read_to_string(home.config_path()).unwrap_or_default();
+    text.push_str("[profiles.second]\nprovider = \"chili\"\nclient_id = \"x\"\nclient_secret = { env = \"UNSET\" }\n");
+    std::fs::write(home.config_path(), &text).unwrap_or_else(|e| panic!("{e}"));
+    d.signal(rustix::process::Signal::HUP);
+    poll("the reload", || {
+        d.get("/v1/profiles").2.contains("\"second\"")
+    });
+    assert_ne!(
+        d.get("/healthz").1,
+        before,
+        "the fingerprint follows the config"
+    );
+    std::fs::write(home.config_path(), "[profiles.broken\n").unwrap_or_else(|e| panic!("{e}"));
+    d.signal(rustix::process::Signal::HUP);
+    // Still serving the last good config (give the signal a moment by asking until a request succeeds).
+    poll("the daemon to keep serving", || {
+        d.get("/v1/profiles").2.contains("\"second\"")
+    });
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_removes_the_socket_and_a_second_daemon_is_refused() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let mut d = Daemon::start(&home);
+    home.run(["daemon"]).code(3).stderr_has("already listening");
+    d.signal(rustix::process::Signal::TERM);
+    let status = d.child.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status:?}");
+    assert!(!d.socket.exists(), "the socket was left behind");
+    // A stale socket file is removed by the next daemon.
+    std::os::unix::net::UnixListener::bind(&d.socket)
+        .map(drop)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d2 = Daemon::start(&home);
+    assert_eq!(d2.get("/healthz").0, 200);
+}
+
+#[test]
+fn an_insecure_socket_directory_is_refused() {
+    let home = Home::new();
+    home.config("");
+    let dir = home.path().join("run/broker");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("{e}"));
+    home.run(["daemon"])
+        .code(3)
+        .stderr_has("writable by group or others");
+}
