@@ -5,6 +5,7 @@ pub mod client;
 mod metrics;
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +39,13 @@ pub struct Args {
     /// Stop refreshing a profile nobody asked for in this long.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = crate::commands::token::parse_duration)]
     pub refresh_idle_after: Duration,
+    /// Also listen on this loopback TCP address (e.g. 127.0.0.1:7878); every request must carry
+    /// `Authorization: Bearer <key>`, the key being written 0600 to the runtime directory as `daemon.key`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Permit --listen on a non-loopback address.
+    #[arg(long)]
+    pub allow_remote: bool,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -157,6 +165,14 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
 }
 
 async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
+    if let Some(addr) = args
+        .listen
+        .filter(|a| !a.ip().is_loopback() && !args.allow_remote)
+    {
+        return Err(Error::usage(format!(
+            "--listen {addr} is not a loopback address; add --allow-remote if you mean it"
+        )));
+    }
     let socket = args.socket.clone().or_else(default_socket).ok_or_else(|| {
         Error::config("no runtime directory: set XDG_RUNTIME_DIR or HOME, or pass --socket")
     })?;
@@ -194,23 +210,64 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
         idle_after: args.refresh_idle_after,
         refreshing: Mutex::new(HashMap::new()),
     });
-    let app = Router::new()
+    let api = Router::new()
         .route("/v1/token/{profile}", get(token))
         .route("/v1/profiles", get(profiles))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
-        .layer(axum::middleware::from_fn_with_state(daemon.clone(), guard))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), stamp))
         .with_state(daemon.clone());
+    let tcp = match args.listen {
+        Some(addr) => Some(listen_tcp(addr, dir).await?),
+        None => None,
+    };
+    for (name, s) in &daemon.loaded().settings {
+        if s.sink.is_some() {
+            keep_fresh(&daemon, name);
+        }
+    }
 
     let reload = {
         let daemon = daemon.clone();
         let cli_config = cli.config.clone();
         tokio::spawn(async move { reload_on_hup(daemon, cli_config).await })
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tcp_server = tcp.map(|(listener, key)| {
+        let app = api.clone().layer(axum::middleware::from_fn_with_state(
+            Arc::new(key),
+            key_guard,
+        ));
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        )
+    });
+    let unix_app = api.layer(axum::middleware::from_fn_with_state(
+        daemon.clone(),
+        uid_guard,
+    ));
     tracing::info!("listening on {}", socket.display());
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let unix_server = tokio::spawn(
+        axum::serve(
+            listener,
+            unix_app.into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx))
+        .into_future(),
+    );
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let served = unix_server
+        .await
+        .map_err(|e| Error::internal(format!("server task: {e}")))?;
+    if let Some(t) = tcp_server {
+        let _ = t.await;
+    }
     reload.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; removed {}", socket.display());
@@ -240,6 +297,16 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
         match load(config.as_deref(), &daemon.metrics) {
             Ok(l) => {
                 *daemon.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(l);
+                let sinks: Vec<String> = daemon
+                    .loaded()
+                    .settings
+                    .iter()
+                    .filter(|(_, s)| s.sink.is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in sinks {
+                    keep_fresh(&daemon, &name);
+                }
                 tracing::info!("SIGHUP: configuration reloaded");
             }
             Err(e) => tracing::warn!("SIGHUP: keeping the old configuration: {e}"),
@@ -247,8 +314,50 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
     }
 }
 
-/// Checks the peer's uid and stamps every answer with the config fingerprint.
-async fn guard(
+/// Binds the loopback TCP listener and writes its key, 0600, beside the socket.
+async fn listen_tcp(
+    addr: std::net::SocketAddr,
+    allow_remote: bool,
+    dir: &Path,
+) -> Result<(tokio::net::TcpListener, String), Error> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(Error::usage(format!(
+            "--listen {addr} is not a loopback address; add --allow-remote if you mean it"
+        )));
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
+    let key = hex::encode(bytes);
+    let path = dir.join("daemon.key");
+    write_private(&path, key.as_bytes(), 0o600)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
+    tracing::info!("listening on {addr}; key in {}", path.display());
+    Ok((listener, key))
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename) with `mode`.
+pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::internal(format!("cannot write {}: {e}", path.display()));
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::internal(format!("{} has no directory", path.display())))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".broker-tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Checks the peer's uid on the Unix socket.
+async fn uid_guard(
     State(daemon): State<Arc<Daemon>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     req: Request,
@@ -261,6 +370,29 @@ async fn guard(
             StatusCode::FORBIDDEN,
         );
     }
+    next.run(req).await
+}
+
+/// Checks `Authorization: Bearer <key>` on the TCP listener, in constant time.
+async fn key_guard(State(key): State<Arc<String>>, req: Request, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        return error_response(
+            &Error::usage("missing or wrong key: send Authorization: Bearer <daemon.key>"),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    next.run(req).await
+}
+
+/// Stamps every answer with the config fingerprint.
+async fn stamp(State(daemon): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
     let fingerprint = daemon.loaded().config.fingerprint().to_owned();
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&fingerprint) {
@@ -421,6 +553,25 @@ async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
     )
 }
 
+/// Writes a token file atomically with its configured mode.
+fn write_sink(
+    sink: &broker_core::config::Sink,
+    settings: &Settings,
+    token: &broker_core::AccessToken,
+) -> Result<(), Error> {
+    let format = match sink.format.as_str() {
+        "header" => Format::Header,
+        "json" => Format::Json,
+        _ => Format::Token,
+    };
+    let body = output::render(format, settings, token, SystemTime::now(), settings.min_ttl)?;
+    write_private(
+        &broker_core::secret::expand_home(&sink.path),
+        body.as_bytes(),
+        sink.mode,
+    )
+}
+
 /// Starts refreshing `profile` in the background, or notes that it is still in use.
 fn keep_fresh(daemon: &Arc<Daemon>, profile: &str) {
     let mut refreshing = daemon.refreshing.lock().unwrap_or_else(|e| e.into_inner());
@@ -439,6 +590,7 @@ fn keep_fresh(daemon: &Arc<Daemon>, profile: &str) {
 /// wait on the provider; backs off on failure while the cached token keeps being served; stops when idle.
 async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
     let mut backoff = Duration::from_secs(1);
+    let mut written: Option<SystemTime> = None;
     loop {
         let last_used = daemon
             .refreshing
@@ -446,7 +598,12 @@ async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
             .unwrap_or_else(|e| e.into_inner())
             .get(&profile)
             .copied();
-        if last_used.is_none_or(|t| t.elapsed() > daemon.idle_after) {
+        let has_sink = daemon
+            .loaded()
+            .settings
+            .get(&profile)
+            .is_some_and(|s| s.sink.is_some());
+        if !has_sink && last_used.is_none_or(|t| t.elapsed() > daemon.idle_after) {
             daemon
                 .refreshing
                 .lock()
@@ -456,9 +613,10 @@ async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
             return;
         }
         let loaded = daemon.loaded();
-        let Some(min_ttl) = loaded.settings.get(&profile).map(|s| s.min_ttl) else {
+        let Some(settings) = loaded.settings.get(&profile) else {
             return;
         };
+        let min_ttl = settings.min_ttl;
         let current = match loaded
             .broker
             .token(&profile, &TokenRequest::default())
@@ -475,6 +633,14 @@ async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
                 continue;
             }
         };
+        if written != Some(current.obtained_at()) {
+            if let Some(sink) = &settings.sink {
+                match write_sink(sink, settings, &current) {
+                    Ok(()) => written = Some(current.obtained_at()),
+                    Err(e) => tracing::warn!("profile `{profile}`: {e}"),
+                }
+            }
+        }
         let jitter = current.lifetime().mul_f64(0.1 * fastrand::f64());
         let due = current.expires_at() - current.margin(min_ttl) - jitter;
         if let Ok(wait) = due.duration_since(SystemTime::now()) {

@@ -420,3 +420,88 @@ fn an_insecure_socket_directory_is_refused() {
         .code(3)
         .stderr_has("writable by group or others");
 }
+
+#[test]
+fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = home.path().join("run/broker/broker.sock");
+    let child = home
+        .cmd(["daemon", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = Daemon { child, socket };
+    poll("the daemon's socket", || d.get("/healthz").0 == 200);
+    let key_path = home.path().join("run/broker/daemon.key");
+    let mode = std::fs::metadata(&key_path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o600);
+    let key = std::fs::read_to_string(&key_path).unwrap_or_default();
+    let tcp_get = |auth: Option<&str>| {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+        let auth = auth
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "GET /v1/token/chili HTTP/1.1\r\nHost: broker\r\n{auth}Connection: close\r\n\r\n"
+        );
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        parse_response(&raw)
+    };
+    assert_eq!(tcp_get(None).0, 401);
+    assert_eq!(tcp_get(Some("not-the-key")).0, 401);
+    let (status, _, body) = tcp_get(Some(key.trim()));
+    assert_eq!(status, 200, "{body}");
+    home.run([
+        "daemon",
+        "--socket",
+        &home
+            .path()
+            .join("run/broker/other.sock")
+            .display()
+            .to_string(),
+        "--listen",
+        "0.0.0.0:1",
+    ])
+    .code(2)
+    .stderr_has("--allow-remote");
+}
+
+#[test]
+fn sinks_are_written_with_their_mode_and_rewritten_on_every_refresh() {
+    let idp = auth0("4", None);
+    let home = Home::new();
+    let sink = home.path().join("token.header");
+    chili_profile_with(
+        &home,
+        &idp.base(),
+        &format!(
+            "sink = {{ path = \"{}\", format = \"header\", mode = \"0640\" }}\n",
+            sink.display()
+        ),
+    );
+    let _d = Daemon::start(&home);
+    // Nobody asks: the daemon keeps the file fresh by itself.
+    poll("the sink file", || sink.exists());
+    let mode = std::fs::metadata(&sink)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o640);
+    let first = std::fs::read_to_string(&sink).unwrap_or_default();
+    assert!(first.starts_with("Authorization: Bearer ey"), "{first}");
+    poll("the sink to be rewritten by a refresh", || {
+        std::fs::read_to_string(&sink)
+            .is_ok_and(|s| s != first && s.starts_with("Authorization: Bearer "))
+    });
+}

@@ -267,6 +267,52 @@ fn p_str(cx: &Ctx, key: &str, v: &Val) -> Result<String> {
     Ok(cx.string(key, v)?.to_owned())
 }
 
+/// A token file the daemon rewrites atomically on every refresh, for programs that only read files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sink {
+    /// Where (a leading `~/` is the home directory).
+    pub path: PathBuf,
+    /// `token`, `header` or `json`, as `broker token --format`.
+    pub format: String,
+    /// File mode; default 0600.
+    pub mode: u32,
+}
+
+fn p_sink(cx: &Ctx, key: &str, v: &Val) -> Result<Sink> {
+    let t = cx.table(key, v)?;
+    let mut sink = Sink {
+        path: PathBuf::new(),
+        format: "token".into(),
+        mode: 0o600,
+    };
+    for (k, val) in t.iter() {
+        match k.get_ref().as_ref() {
+            "path" => sink.path = p_path(cx, "path", val)?,
+            "format" => {
+                sink.format = p_choice(
+                    cx,
+                    "format",
+                    val,
+                    &[("token", "token"), ("header", "header"), ("json", "json")],
+                )?
+                .to_owned()
+            }
+            "mode" => {
+                let s = cx.string("mode", val)?;
+                sink.mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777 && m & 0o022 == 0)
+                    .ok_or_else(|| cx.err(val.span(), "`mode` must be an octal file mode no one else can write, like \"0600\" or \"0640\"", None))?;
+            }
+            _ => return Err(cx.unknown_key(k, &["path", "format", "mode"], "a sink")),
+        }
+    }
+    if sink.path.as_os_str().is_empty() {
+        return Err(cx.err(v.span(), "a sink needs a `path`", None));
+    }
+    Ok(sink)
+}
+
 fn p_str_list(cx: &Ctx, key: &str, v: &Val) -> Result<Vec<String>> {
     let arr = v
         .get_ref()
@@ -535,6 +581,8 @@ fields! {
     allow_http: bool => p_bool,
     /// Hosts `broker git-credential` answers for (default: the `api` host).
     git_hosts: Vec<String> => p_str_list,
+    /// A token file the daemon keeps fresh.
+    sink: Sink => p_sink,
 }
 
 /// One environment of a provider.
@@ -691,6 +739,8 @@ pub struct Settings {
     pub allow_http: bool,
     /// Hosts `broker git-credential` answers for; empty means the `api` host.
     pub git_hosts: Vec<String>,
+    /// A token file the daemon keeps fresh.
+    pub sink: Option<Sink>,
 }
 
 /// Default `min_ttl`.
@@ -1265,6 +1315,7 @@ fn settle(
         ca_file: val(&f.ca_file),
         allow_http,
         git_hosts: val(&f.git_hosts).unwrap_or_default(),
+        sink: val(&f.sink),
     })
 }
 
