@@ -317,7 +317,6 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
 /// Binds the loopback TCP listener and writes its key, 0600, beside the socket.
 async fn listen_tcp(
     addr: std::net::SocketAddr,
-    allow_remote: bool,
     dir: &Path,
 ) -> Result<(tokio::net::TcpListener, String), Error> {
     if !addr.ip().is_loopback() && !allow_remote {
