@@ -315,15 +315,11 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
 }
 
 /// Binds the loopback TCP listener and writes its key, 0600, beside the socket.
+/// (Whether the address may be non-loopback was decided before anything was bound.)
 async fn listen_tcp(
     addr: std::net::SocketAddr,
     dir: &Path,
 ) -> Result<(tokio::net::TcpListener, String), Error> {
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(Error::usage(format!(
-            "--listen {addr} is not a loopback address; add --allow-remote if you mean it"
-        )));
-    }
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
     let key = hex::encode(bytes);
