@@ -29,10 +29,34 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// What rendering needs of a profile: small enough for the daemon to keep one per profile.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub profile: String,
+    pub header: String,
+    pub token_env: Option<String>,
+}
+
+impl From<&Settings> for Shown {
+    fn from(s: &Settings) -> Self {
+        Shown {
+            profile: s.profile.clone(),
+            header: s.header.clone(),
+            token_env: s.token_env.clone(),
+        }
+    }
+}
+
+impl Shown {
+    fn header_line(&self, token: &str) -> String {
+        self.header.replace("{token}", token)
+    }
+}
+
 /// Renders `token` in `format`. `min_ttl` decides the margin kubectl is told to refresh at.
 pub fn render(
     format: Format,
-    settings: &Settings,
+    settings: &Shown,
     token: &AccessToken,
     now: SystemTime,
     min_ttl: Duration,

@@ -80,7 +80,7 @@ fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
                 let token = daemon::client::token_from_json(&v, now)?;
                 return output::print_stdout(&output::render(
                     args.format,
-                    &settings,
+                    &output::Shown::from(&settings),
                     &token,
                     now,
                     min_ttl,
@@ -102,7 +102,7 @@ fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
     let token = context::get_token(&broker, &args.profile, &req)?;
     output::print_stdout(&output::render(
         args.format,
-        &settings,
+        &output::Shown::from(&settings),
         &token,
         now,
         min_ttl,

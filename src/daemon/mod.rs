@@ -68,8 +68,31 @@ pub fn default_socket() -> Option<PathBuf> {
 /// Everything a request needs, swapped whole on SIGHUP.
 struct Loaded {
     broker: Broker,
-    config: Config,
-    settings: HashMap<String, Settings>,
+    /// Profile names, sorted, and the config fingerprint: the parsed config itself is not kept.
+    names: Vec<String>,
+    fingerprint: String,
+    settings: HashMap<String, Served>,
+}
+
+/// What the daemon keeps per profile beside the broker's own state.
+struct Served {
+    shown: output::Shown,
+    min_ttl: Duration,
+    sink: Option<broker_core::config::Sink>,
+    provider: Option<String>,
+    environment: Option<String>,
+}
+
+impl From<&Settings> for Served {
+    fn from(s: &Settings) -> Self {
+        Served {
+            shown: output::Shown::from(s),
+            min_ttl: s.min_ttl,
+            sink: s.sink.clone(),
+            provider: s.provider.clone(),
+            environment: s.environment.clone(),
+        }
+    }
 }
 
 struct Daemon {
@@ -95,7 +118,7 @@ fn load(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Er
     let mut settings = HashMap::new();
     for name in config.profile_names() {
         if let Ok(s) = config.resolve(name, &Default::default()) {
-            settings.insert(name.to_owned(), s);
+            settings.insert(name.to_owned(), Served::from(&s));
         }
     }
     let mut b = Broker::builder()
@@ -106,7 +129,8 @@ fn load(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Er
     }
     Ok(Loaded {
         broker: b.build(),
-        config,
+        names: config.profile_names().map(str::to_owned).collect(),
+        fingerprint: config.fingerprint().to_owned(),
         settings,
     })
 }
@@ -388,7 +412,7 @@ async fn key_guard(State(key): State<Arc<String>>, req: Request, next: Next) -> 
 
 /// Stamps every answer with the config fingerprint.
 async fn stamp(State(daemon): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
-    let fingerprint = daemon.loaded().config.fingerprint().to_owned();
+    let fingerprint = daemon.loaded().fingerprint.clone();
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&fingerprint) {
         resp.headers_mut().insert("broker-config", v);
@@ -451,12 +475,12 @@ async fn token(
             )
         }
     };
-    if !loaded.config.profile_names().any(|n| n == profile) {
+    if !loaded.names.contains(&profile) {
         m.inc(
             "broker_requests_total",
             &[("profile", &profile), ("outcome", "unknown_profile")],
         );
-        let names: Vec<&str> = loaded.config.profile_names().collect();
+        let names: Vec<&str> = loaded.names.iter().map(String::as_str).collect();
         return error_response(
             &Error::config(format!(
                 "unknown profile `{profile}`; known profiles: {}",
@@ -499,7 +523,7 @@ async fn token(
             keep_fresh(&daemon, &profile);
             match output::render(
                 Format::Json,
-                settings,
+                &settings.shown,
                 &t,
                 now,
                 min_ttl.unwrap_or(settings.min_ttl),
@@ -525,8 +549,9 @@ async fn token(
 async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_json::Value> {
     let loaded = daemon.loaded();
     let list: Vec<serde_json::Value> = loaded
-        .config
-        .profile_names()
+        .names
+        .iter()
+        .map(String::as_str)
         .map(|name| {
             let s = loaded.settings.get(name);
             let cache = match loaded.broker.cache_state(name) {
@@ -551,7 +576,7 @@ async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
 /// Writes a token file atomically with its configured mode.
 fn write_sink(
     sink: &broker_core::config::Sink,
-    settings: &Settings,
+    settings: &Served,
     token: &broker_core::AccessToken,
 ) -> Result<(), Error> {
     let format = match sink.format.as_str() {
@@ -559,7 +584,13 @@ fn write_sink(
         "json" => Format::Json,
         _ => Format::Token,
     };
-    let body = output::render(format, settings, token, SystemTime::now(), settings.min_ttl)?;
+    let body = output::render(
+        format,
+        &settings.shown,
+        token,
+        SystemTime::now(),
+        settings.min_ttl,
+    )?;
     write_private(
         &broker_core::secret::expand_home(&sink.path),
         body.as_bytes(),
@@ -612,10 +643,8 @@ async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
             return;
         };
         let min_ttl = settings.min_ttl;
-        let current = match loaded
-            .broker
-            .token(&profile, &TokenRequest::default())
-            .await
+        // Boxed: a sleeping refresh task then holds a small future, not the largest state of a fetch.
+        let current = match Box::pin(loaded.broker.token(&profile, &TokenRequest::default())).await
         {
             Ok(t) => t,
             Err(e) => {
@@ -645,7 +674,8 @@ async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
             refresh_ahead: true,
             ..Default::default()
         };
-        match daemon.loaded().broker.token(&profile, &ahead).await {
+        let loaded = daemon.loaded();
+        match Box::pin(loaded.broker.token(&profile, &ahead)).await {
             Ok(t) if t.obtained_at() > current.obtained_at() => backoff = Duration::from_secs(1),
             outcome => {
                 // The broker served the old token (or none): the refresh failed.

@@ -218,6 +218,7 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Builds a [`Broker`].
 pub struct BrokerBuilder {
+    pool: Arc<crate::kinds::ClientPool>,
     observer: Option<Arc<dyn Observer>>,
     clock: Arc<dyn Clock>,
     http: Option<reqwest::Client>,
@@ -291,7 +292,7 @@ impl BrokerBuilder {
         let name = s.profile.clone();
         let provider = match &self.http {
             Some(c) => HttpProvider::new(s).with_client(c.clone()),
-            None => HttpProvider::new(s),
+            None => HttpProvider::new(s).with_pool(self.pool.clone()),
         };
         self.profile(name, Arc::new(provider), policy)
     }
@@ -321,6 +322,7 @@ impl Broker {
     /// A builder with the system clock and no profiles.
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder {
+            pool: Arc::default(),
             observer: None,
             clock: Arc::new(SystemClock),
             http: None,

@@ -1,7 +1,10 @@
 //! The built-in wire kinds — `keycloak`, `auth0`, `oauth2` — as one [`HttpProvider`] driven by [`Settings`].
 //! They differ only in how the endpoint is found and the body encoded, which the settings already say.
 
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -36,10 +39,33 @@ pub fn basic_credentials(id: &str, secret: &str) -> String {
     )
 }
 
+/// What makes two token clients different: timeout, connect timeout, `ca_file`.
+type ClientKey = (Duration, Duration, Option<PathBuf>);
+
+/// HTTP clients shared by providers, one per [`ClientKey`].
+#[derive(Default)]
+pub struct ClientPool {
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+}
+
+impl ClientPool {
+    fn get(&self, s: &Settings) -> Result<reqwest::Client> {
+        let key = (s.timeout, s.connect_timeout, s.ca_file.clone());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = build_client(s.timeout, s.connect_timeout, s.ca_file.as_deref())?;
+        clients.insert(key, c.clone());
+        Ok(c)
+    }
+}
+
 /// A token endpoint spoken to over HTTP, configured by [`Settings`].
 pub struct HttpProvider {
     settings: Settings,
     client: OnceLock<reqwest::Client>,
+    pool: Arc<ClientPool>,
     /// The endpoint learned in this process (discovery, or the other Keycloak layout).
     learned: Mutex<Option<String>>,
 }
@@ -58,8 +84,16 @@ impl HttpProvider {
         HttpProvider {
             settings,
             client: OnceLock::new(),
+            pool: Arc::default(),
             learned: Mutex::new(None),
         }
+    }
+
+    /// Shares `pool` with other providers: profiles with the same timeouts and `ca_file` then share one
+    /// client, its connections and its TLS configuration (built on first use, never on a cache hit).
+    pub fn with_pool(mut self, pool: Arc<ClientPool>) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// Uses the caller's `reqwest::Client` instead of building one (it should not follow redirects).
@@ -77,8 +111,7 @@ impl HttpProvider {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let s = &self.settings;
-        let c = build_client(s.timeout, s.connect_timeout, s.ca_file.as_deref())?;
+        let c = self.pool.get(&self.settings)?;
         Ok(self.client.get_or_init(|| c))
     }
 
