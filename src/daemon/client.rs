@@ -21,10 +21,6 @@ pub fn token(
     min_ttl: Option<Duration>,
     force_refresh: bool,
 ) -> Option<Answer> {
-    let socket = super::default_socket()?;
-    let mut stream = UnixStream::connect(&socket).ok()?;
-    // The daemon may have to ask the provider: allow its whole retry budget and then some.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
     let mut path = format!(
         "/v1/token/{}",
         url::form_urlencoded::byte_serialize(profile.as_bytes()).collect::<String>()
@@ -39,10 +35,33 @@ pub fn token(
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
+    let (status, v) = get(fingerprint, &path)?;
+    if status == 200 {
+        return Some(Answer::Token(v));
+    }
+    let kind = v
+        .get("error")
+        .and_then(serde_json::Value::as_str)
+        .and_then(ErrorKind::parse)
+        .unwrap_or(ErrorKind::Internal);
+    let message = v
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("the daemon failed")
+        .to_owned();
+    Some(Answer::Failed(Error::new(kind, message)))
+}
+
+/// `GET path` on the daemon's socket: the status and JSON body, when the daemon is live and runs our config.
+pub fn get(fingerprint: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+    let socket = super::default_socket()?;
+    let mut stream = UnixStream::connect(&socket).ok()?;
+    // The daemon may have to ask the provider: allow its whole retry budget and then some.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
     let request = format!("GET {path} HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
-    stream.take(4 << 20).read_to_end(&mut raw).ok()?;
+    stream.take(16 << 20).read_to_end(&mut raw).ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     let mut lines = head.lines();
@@ -60,21 +79,7 @@ pub fn token(
         return None;
     }
     let body = decode_body(head, body)?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    if status == 200 {
-        return Some(Answer::Token(v));
-    }
-    let kind = v
-        .get("error")
-        .and_then(serde_json::Value::as_str)
-        .and_then(ErrorKind::parse)
-        .unwrap_or(ErrorKind::Internal);
-    let message = v
-        .get("message")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("the daemon failed")
-        .to_owned();
-    Some(Answer::Failed(Error::new(kind, message)))
+    Some((status, serde_json::from_str(&body).ok()?))
 }
 
 /// Rebuilds a token from the daemon's `json` answer (`obtained_at` is unknown and taken as `now`).

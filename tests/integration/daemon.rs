@@ -505,3 +505,22 @@ fn sinks_are_written_with_their_mode_and_rewritten_on_every_refresh() {
             .is_ok_and(|s| s != first && s.starts_with("Authorization: Bearer "))
     });
 }
+
+#[test]
+fn list_goes_through_the_daemon_and_shows_what_it_holds() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile_with(&home, &idp.base(), "cache = \"memory\"\n");
+    let d = Daemon::start(&home);
+    home.run(["list"]).success().stdout_has("none");
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    // The token lives only in the daemon's memory: only the daemon can say it is valid.
+    home.run(["list"]).success().stdout_has("valid until");
+    home.run([
+        "list",
+        "--config",
+        &home.config_path().display().to_string(),
+    ])
+    .success()
+    .stdout_has("valid until");
+}
