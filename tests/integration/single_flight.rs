@@ -132,3 +132,39 @@ async fn a_slow_key_does_not_block_another() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(slow.secret().expose_secret(), "slow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_make_no_upstream_call() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "warm", "expires_in": 300})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let broker = Broker::builder()
+        .config(&config(&profile("p", &server, "a")), &Overrides::default())
+        .build();
+    broker
+        .token("p", &TokenRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    server.verify().await;
+    // From here on the provider must not be asked at all.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&server)
+        .await;
+    for _ in 0..100 {
+        let t = broker
+            .token("p", &TokenRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.secret().expose_secret(), "warm");
+    }
+    server.verify().await;
+}
