@@ -20,9 +20,18 @@ struct Daemon {
 
 impl Daemon {
     fn start(home: &Home) -> Daemon {
+        Self::start_with(home, &[], &[])
+    }
+
+    /// `broker daemon` with extra arguments and environment, waited for (with a deadline) until it answers.
+    fn start_with(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let socket = home.path().join("run/broker/broker.sock");
-        let child = home
-            .cmd(["daemon"])
+        let mut cmd = home.cmd(["daemon"]);
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -244,19 +253,8 @@ async fn a_thousand_concurrent_callers_on_a_cold_profile_make_one_upstream_call(
         .await;
     let home = Home::new();
     home.config(&format!("[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = {{ env = \"S\" }}\n", server.uri()));
-    let socket = home.path().join("run/broker/broker.sock");
-    let child = home
-        .cmd(["daemon"])
-        .env("S", "s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let d = Daemon {
-        child,
-        socket: socket.clone(),
-    };
-    poll("the daemon's socket", || d.get("/healthz").0 == 200);
+    let d = Daemon::start_with(&home, &[], &[("S", "s")]);
+    let socket = d.socket.clone();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let socket = socket.clone();
@@ -430,15 +428,7 @@ fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("{e}"));
-    let socket = home.path().join("run/broker/broker.sock");
-    let child = home
-        .cmd(["daemon", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let d = Daemon { child, socket };
-    poll("the daemon's socket", || d.get("/healthz").0 == 200);
+    let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
     let key_path = home.path().join("run/broker/daemon.key");
     let mode = std::fs::metadata(&key_path)
         .map(|m| m.permissions().mode() & 0o777)
