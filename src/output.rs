@@ -49,7 +49,7 @@ impl From<&Settings> for Shown {
 
 impl Shown {
     fn header_line(&self, token: &str) -> String {
-        self.header.replace("{token}", token)
+        broker_core::config::fill_header(&self.header, token)
     }
 }
 

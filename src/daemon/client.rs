@@ -78,8 +78,8 @@ pub fn get(fingerprint: &str, path: &str) -> Option<(u16, serde_json::Value)> {
         );
         return None;
     }
-    let body = decode_body(head, body)?;
-    Some((status, serde_json::from_str(&body).ok()?))
+    // The daemon always sends a Content-Length body; anything else is not our daemon speaking.
+    Some((status, serde_json::from_str(body).ok()?))
 }
 
 /// Rebuilds a token from the daemon's `json` answer (`obtained_at` is unknown and taken as `now`).
@@ -107,26 +107,4 @@ pub fn token_from_json(
         now.min(expires_at),
         expires_at,
     ))
-}
-
-/// The body, de-chunked when the daemon used chunked transfer encoding.
-fn decode_body(head: &str, body: &str) -> Option<String> {
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    if !chunked {
-        return Some(body.to_owned());
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let n = usize::from_str_radix(size.trim(), 16).ok()?;
-        if n == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..n)?);
-        rest = after.get(n + 2..)?;
-    }
 }

@@ -713,10 +713,7 @@ impl Broker {
     ) -> Result<(String, secrecy::SecretString)> {
         use secrecy::ExposeSecret;
         let p = self.profile(profile)?;
-        let line = p
-            .policy
-            .header
-            .replace("{token}", token.secret().expose_secret());
+        let line = crate::config::fill_header(&p.policy.header, token.secret().expose_secret());
         let (name, value) = line.split_once(':').ok_or_else(|| {
             Error::config(format!(
                 "profile `{profile}`: header template is not `Name: value`"

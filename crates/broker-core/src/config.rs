@@ -1336,7 +1336,7 @@ impl Settings {
 
     /// The header line with `token` filled in.
     pub fn header_line(&self, token: &str) -> String {
-        self.header.replace("{token}", token)
+        fill_header(&self.header, token)
     }
 
     /// The resolved settings as `(field, value)` rows for display; secrets show their source only.
@@ -1386,6 +1386,11 @@ impl Settings {
             ),
         ]
     }
+}
+
+/// A `header` template (validated to hold `{token}`) with the token filled in: the one place the rule lives.
+pub fn fill_header(template: &str, token: &str) -> String {
+    template.replace("{token}", token)
 }
 
 /// `{server}[/auth]/realms/{realm}/protocol/openid-connect/token`.

@@ -109,33 +109,13 @@ pub fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
         if let Ok(secs) = v.parse::<u64>() {
             return Some(now + Duration::from_secs(secs));
         }
-        if let Ok(t) = httpdate_parse(v) {
+        if let Ok(t) = httpdate::parse_http_date(v) {
             return Some(t);
         }
     }
     get("x-ratelimit-reset")
         .and_then(|v| v.parse::<f64>().ok())
         .and_then(crate::clock::from_unix)
-}
-
-fn httpdate_parse(v: &str) -> Result<SystemTime, ()> {
-    humantime::parse_rfc3339_weak(v)
-        .or_else(|_| parse_imf_fixdate(v))
-        .map_err(|_| ())
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn parse_imf_fixdate(v: &str) -> Result<SystemTime, ()> {
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    let [_, day, mon, year, time, "GMT"] = parts.as_slice() else {
-        return Err(());
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|x| x == mon).ok_or(())? + 1;
-    let s = format!("{year}-{m:02}-{:0>2}T{time}Z", day);
-    humantime::parse_rfc3339(&s).map_err(|_| ())
 }
 
 /// Classifies a token endpoint's answer (contract §4, rules 2–7; rule 1 is [`send`]'s).
@@ -210,4 +190,43 @@ fn oauth_error(body: &[u8]) -> Option<String> {
     let obj = oauth_object(body)?;
     let err = obj.get("error")?;
     Some(oauth_error_text(&obj, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                *k,
+                v.parse()
+                    .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_in_seconds_as_an_http_date_or_from_x_ratelimit_reset() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_000);
+        assert_eq!(
+            retry_at(&headers(&[("retry-after", "120")]), now),
+            Some(now + Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_at(
+                &headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+                now
+            ),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(
+            retry_at(&headers(&[("x-ratelimit-reset", "784111900")]), now),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_900))
+        );
+        assert_eq!(retry_at(&headers(&[("retry-after", "soon")]), now), None);
+    }
 }
