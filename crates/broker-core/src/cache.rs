@@ -229,40 +229,36 @@ impl DiskCache {
         }
     }
 
-    /// Writes the entry of `key` atomically. Call with the key's lock held: it also removes stray
-    /// temp files of this key left by a process that died mid-write.
+    /// Writes the entry of `key` atomically. Call with the key's lock held: the temp file has one fixed name per
+    /// key (`<key>.tmp`), so a writer that died mid-write leaves at most one, which the next write truncates and
+    /// renames. No directory scan: a write costs the same with ten entries or ten thousand.
     pub fn write(&self, key: &CacheKey, entry: &Entry, profile: &str) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         ensure_private_dir(&self.dir)?;
-        let stem = key.hex();
-        self.sweep_temp(&stem);
         let io = |e: std::io::Error| {
             Error::internal(format!(
                 "cannot write cache entry in {}: {e}",
                 self.dir.display()
             ))
         };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!("{stem}.tmp"))
-            .tempfile_in(&self.dir)
+        let tmp_path = self.dir.join(format!("{}.tmp", key.hex()));
+        let mut tmp = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp_path)
+            .map_err(io)?;
+        // A stray left by an older version may have another mode: ours is always 0600.
+        tmp.set_permissions(fs::Permissions::from_mode(0o600))
             .map_err(io)?;
         tmp.write_all(&encode_entry(entry, profile)).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(self.entry_path(key)).map_err(|e| io(e.error))?;
+        tmp.sync_all().map_err(io)?;
+        fs::rename(&tmp_path, self.entry_path(key)).map_err(io)?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         Ok(())
-    }
-
-    fn sweep_temp(&self, stem: &str) {
-        let prefix = format!("{stem}.tmp");
-        if let Ok(dir) = fs::read_dir(&self.dir) {
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
     }
 
     /// Removes the entry of `key` (and its lock file). Returns whether an entry was there.
@@ -363,6 +359,30 @@ mod tests {
         assert!(cache.read(&key).is_none());
         fs::write(cache.entry_path(&key), br#"{"version":99}"#)?;
         assert!(cache.read(&key).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_stray_temp_file_is_taken_over_by_the_next_write() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = DiskCache::new(dir.path().join("broker"));
+        let key = CacheKey::from_parts([b"a".as_slice()]);
+        ensure_private_dir(cache.dir())?;
+        // What a writer killed mid-write leaves (and an older version may have left it readable).
+        let stray = cache.dir().join(format!("{}.tmp", key.hex()));
+        fs::write(&stray, b"{\"version\":1,\"tok")?;
+        fs::set_permissions(&stray, fs::Permissions::from_mode(0o644))?;
+        let entry = Entry {
+            token: None,
+            endpoint: Some("https://x/token".into()),
+            cooldown: None,
+        };
+        cache.write(&key, &entry, "p")?;
+        assert!(!stray.exists(), "the stray temp file is still there");
+        let back = cache.read(&key).ok_or("no entry")?;
+        assert_eq!(back.endpoint.as_deref(), Some("https://x/token"));
+        let mode = fs::metadata(cache.entry_path(&key))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         Ok(())
     }
 }
