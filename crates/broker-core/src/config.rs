@@ -119,6 +119,16 @@ pub struct Located<T> {
     pub origin: Origin,
 }
 
+impl<T> Located<T> {
+    /// A field value given on the command line, as a [`Fields`] entry.
+    fn from_command_line(value: T) -> Option<Box<Self>> {
+        Some(Box::new(Located {
+            value,
+            origin: Origin::command_line(),
+        }))
+    }
+}
+
 /// The wire kind of a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -493,10 +503,12 @@ fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
 macro_rules! fields {
     ($( $(#[$doc:meta])* $name:ident : $ty:ty => $parser:ident ),* $(,)?) => {
         /// The settings vocabulary shared by provider files, environments, `[defaults]` and profiles.
-        /// Every field is optional at each layer; [`Fields::overlay`] applies a higher layer.
+        /// Every field is optional at each layer; [`Fields::overlay`] applies a higher layer. Each set field is
+        /// boxed: a table sets a handful of some thirty fields, and a 10,000-profile config then weighs a few
+        /// hundred bytes a profile instead of kilobytes.
         #[derive(Debug, Clone, Default)]
         pub struct Fields {
-            $( $(#[$doc])* pub $name: Option<Located<$ty>>, )*
+            $( $(#[$doc])* pub $name: Option<Box<Located<$ty>>>, )*
         }
 
         impl Fields {
@@ -507,7 +519,7 @@ macro_rules! fields {
             fn take(&mut self, cx: &Ctx, key: &Spanned<std::borrow::Cow<'_, str>>, v: &Val) -> Result<bool> {
                 match key.get_ref().as_ref() {
                     $( stringify!($name) => {
-                        self.$name = Some(Located { value: $parser(cx, stringify!($name), v)?, origin: cx.origin(v.span()) });
+                        self.$name = Some(Box::new(Located { value: $parser(cx, stringify!($name), v)?, origin: cx.origin(v.span()) }));
                         Ok(true)
                     } )*
                     _ => Ok(false),
@@ -1173,24 +1185,14 @@ impl Config {
         }
         f.overlay(&self.defaults);
         f.overlay(&def.fields);
-        let cli = Origin::command_line();
         if let Some(v) = overrides.min_ttl {
-            f.min_ttl = Some(Located {
-                value: v,
-                origin: cli.clone(),
-            });
+            f.min_ttl = Located::from_command_line(v);
         }
         if let Some(v) = &overrides.scope {
-            f.scope = Some(Located {
-                value: v.clone(),
-                origin: cli.clone(),
-            });
+            f.scope = Located::from_command_line(v.clone());
         }
         if let Some(v) = &overrides.audience {
-            f.audience = Some(Located {
-                value: v.clone(),
-                origin: cli.clone(),
-            });
+            f.audience = Located::from_command_line(v.clone());
         }
         settle(name, def, provider_name, environment, f)
     }
@@ -1205,7 +1207,7 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-fn val<T: Clone>(x: &Option<Located<T>>) -> Option<T> {
+fn val<T: Clone>(x: &Option<Box<Located<T>>>) -> Option<T> {
     x.as_ref().map(|l| l.value.clone())
 }
 
@@ -1319,19 +1321,63 @@ fn settle(
     })
 }
 
+/// Where a profile's token endpoint comes from, decided once from its settings.
+#[derive(Debug, Clone)]
+pub enum TokenEndpoint {
+    /// `token_url`, as written.
+    Url(String),
+    /// A Keycloak realm, `{server}[/auth]/realms/{realm}/protocol/openid-connect/token`; the other layout is
+    /// tried once when this one answers 404.
+    Keycloak {
+        /// `auth_server`.
+        server: Url,
+        /// `realm`.
+        realm: String,
+        /// Under `/auth`.
+        legacy: bool,
+    },
+    /// OIDC discovery, then RFC 8414, from `issuer`.
+    Discover(Url),
+    /// Nothing that names one (only settings built by hand get here: a loaded config is validated).
+    Missing,
+}
+
+impl TokenEndpoint {
+    /// The endpoint as configured, before discovery or the `/auth` fallback: part of the cache key.
+    pub fn configured(&self) -> String {
+        match self {
+            TokenEndpoint::Url(u) => u.clone(),
+            TokenEndpoint::Keycloak {
+                server,
+                realm,
+                legacy,
+            } => keycloak_token_url(server, realm, *legacy),
+            TokenEndpoint::Discover(issuer) => format!("discovery:{issuer}"),
+            TokenEndpoint::Missing => String::new(),
+        }
+    }
+}
+
 impl Settings {
-    /// The token endpoint as configured, before discovery or the `/auth` fallback.
-    pub fn configured_endpoint(&self) -> String {
+    /// Where the token endpoint comes from: `token_url` first, then a Keycloak realm, then `issuer`.
+    pub fn token_endpoint(&self) -> TokenEndpoint {
         if let Some(u) = &self.token_url {
-            return u.to_string();
+            return TokenEndpoint::Url(u.to_string());
         }
         match (self.kind, &self.auth_server, &self.realm, &self.issuer) {
-            (Kind::Keycloak, Some(server), Some(realm), _) => {
-                keycloak_token_url(server, realm, self.legacy_path)
-            }
-            (_, _, _, Some(issuer)) => format!("discovery:{issuer}"),
-            _ => String::new(),
+            (Kind::Keycloak, Some(server), Some(realm), _) => TokenEndpoint::Keycloak {
+                server: server.clone(),
+                realm: realm.clone(),
+                legacy: self.legacy_path,
+            },
+            (_, _, _, Some(issuer)) => TokenEndpoint::Discover(issuer.clone()),
+            _ => TokenEndpoint::Missing,
         }
+    }
+
+    /// The token endpoint as configured, before discovery or the `/auth` fallback.
+    pub fn configured_endpoint(&self) -> String {
+        self.token_endpoint().configured()
     }
 
     /// The header line with `token` filled in.

@@ -13,7 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::cache::CacheKey;
-use crate::config::{keycloak_token_url, AuthMethod, BodyFormat, Kind, Settings};
+use crate::config::{keycloak_token_url, AuthMethod, BodyFormat, Kind, Settings, TokenEndpoint};
+use crate::secret::SecretSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{build_client, classify, send};
 use crate::provider::{FetchContext, Fetched, Provider};
@@ -49,21 +50,34 @@ pub struct ClientPool {
 }
 
 impl ClientPool {
-    fn get(&self, s: &Settings) -> Result<reqwest::Client> {
-        let key = (s.timeout, s.connect_timeout, s.ca_file.clone());
+    fn get(&self, key: &ClientKey) -> Result<reqwest::Client> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&key) {
+        if let Some(c) = clients.get(key) {
             return Ok(c.clone());
         }
-        let c = build_client(s.timeout, s.connect_timeout, s.ca_file.as_deref())?;
-        clients.insert(key, c.clone());
+        let (timeout, connect_timeout, ca_file) = key;
+        let c = build_client(*timeout, *connect_timeout, ca_file.as_deref())?;
+        clients.insert(key.clone(), c.clone());
         Ok(c)
     }
 }
 
-/// A token endpoint spoken to over HTTP, configured by [`Settings`].
+/// A token endpoint spoken to over HTTP, configured by [`Settings`]. It keeps only what a request needs (a
+/// daemon holds one per profile, so the rest of the settings are not copied here).
 pub struct HttpProvider {
-    settings: Settings,
+    /// `profile `x` (provider p, environment e)`, for errors and logs.
+    label: String,
+    kind: Kind,
+    endpoint: TokenEndpoint,
+    client_id: SecretSource,
+    client_secret: SecretSource,
+    /// Where `client_id` and `client_secret` were set, for errors of their sources.
+    secret_positions: [String; 2],
+    auth: AuthMethod,
+    body: BodyFormat,
+    /// Request parameters other than credentials, sorted.
+    params: Vec<(String, String)>,
+    client_key: ClientKey,
     client: OnceLock<reqwest::Client>,
     pool: Arc<ClientPool>,
     /// The endpoint learned in this process (discovery, or the other Keycloak layout).
@@ -80,9 +94,40 @@ impl std::fmt::Debug for HttpProvider {
 
 impl HttpProvider {
     /// A provider for resolved `settings`. No client is built until the first fetch.
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(s: Settings) -> Self {
+        let endpoint = s.token_endpoint();
+        let mut label = format!("profile `{}`", s.profile);
+        if let Some(p) = &s.provider {
+            label.push_str(&format!(" (provider {p}"));
+            if let Some(e) = &s.environment {
+                label.push_str(&format!(", environment {e}"));
+            }
+            label.push(')');
+        }
+        let mut params: Vec<(String, String)> =
+            vec![("grant_type".into(), "client_credentials".into())];
+        for (k, v) in [
+            ("audience", s.audience),
+            ("scope", s.scope),
+            ("resource", s.resource),
+        ] {
+            if let Some(v) = v {
+                params.push((k.into(), v));
+            }
+        }
+        params.extend(s.params);
+        params.sort();
         HttpProvider {
-            settings,
+            endpoint,
+            label,
+            kind: s.kind,
+            client_id: s.client_id,
+            client_secret: s.client_secret,
+            secret_positions: s.secret_positions,
+            auth: s.auth,
+            body: s.body,
+            params,
+            client_key: (s.timeout, s.connect_timeout, s.ca_file),
             client: OnceLock::new(),
             pool: Arc::default(),
             learned: Mutex::new(None),
@@ -102,16 +147,11 @@ impl HttpProvider {
         self
     }
 
-    /// The settings this provider was built from.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     fn client(&self) -> Result<&reqwest::Client> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let c = self.pool.get(&self.settings)?;
+        let c = self.pool.get(&self.client_key)?;
         Ok(self.client.get_or_init(|| c))
     }
 
@@ -126,47 +166,23 @@ impl HttpProvider {
         *self.learned.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.to_owned());
     }
 
-    /// Request parameters other than credentials, sorted.
-    fn params(&self) -> Vec<(String, String)> {
-        let s = &self.settings;
-        let mut p: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
-        for (k, v) in [
-            ("audience", &s.audience),
-            ("scope", &s.scope),
-            ("resource", &s.resource),
-        ] {
-            if let Some(v) = v {
-                p.push((k.into(), v.clone()));
-            }
-        }
-        p.extend(s.params.iter().map(|(k, v)| (k.clone(), v.clone())));
-        p.sort();
-        p
-    }
-
     async fn endpoint(&self, cx: &FetchContext<'_>) -> Result<String> {
         if let Some(e) = self.learned() {
             return Ok(e);
         }
-        let s = &self.settings;
-        if let Some(u) = &s.token_url {
-            return Ok(u.to_string());
-        }
-        if let Some(hint) = cx.endpoint_hint {
-            return Ok(hint.to_owned());
-        }
-        match (s.kind, &s.auth_server, &s.realm, &s.issuer) {
-            (Kind::Keycloak, Some(server), Some(realm), _) => {
-                Ok(keycloak_token_url(server, realm, s.legacy_path))
-            }
-            (_, _, _, Some(issuer)) => {
+        // `token_url` wins; then what an earlier process learned (kept in the cache entry).
+        match (&self.endpoint, cx.endpoint_hint) {
+            (TokenEndpoint::Url(u), _) => Ok(u.clone()),
+            (_, Some(hint)) => Ok(hint.to_owned()),
+            (TokenEndpoint::Keycloak { .. }, None) => Ok(self.endpoint.configured()),
+            (TokenEndpoint::Discover(issuer), None) => {
                 let e = self.discover(issuer).await?;
                 self.learn(&e);
                 Ok(e)
             }
-            _ => Err(Error::config(format!(
+            (TokenEndpoint::Missing, None) => Err(Error::config(format!(
                 "{}: no token endpoint configured",
-                self.describe()
+                self.label
             ))),
         }
     }
@@ -210,13 +226,12 @@ impl HttpProvider {
         id: &SecretString,
         secret: &SecretString,
     ) -> Result<crate::http::Answer> {
-        let s = &self.settings;
-        let mut fields = self.params();
+        let mut fields = self.params.clone();
         let mut req = self
             .client()?
             .post(endpoint)
             .header("accept", "application/json");
-        match s.auth {
+        match self.auth {
             AuthMethod::ClientSecretPost => {
                 fields.push(("client_id".into(), id.expose_secret().to_owned()));
                 fields.push(("client_secret".into(), secret.expose_secret().to_owned()));
@@ -228,7 +243,7 @@ impl HttpProvider {
                 );
             }
         }
-        let body = match s.body {
+        let body = match self.body {
             BodyFormat::Form => {
                 req = req.header("content-type", "application/x-www-form-urlencoded");
                 url::form_urlencoded::Serializer::new(String::new())
@@ -252,19 +267,17 @@ impl HttpProvider {
     /// where it was set.
     fn source_context(&self, which: usize) -> String {
         let field = ["client_id", "client_secret"][which.min(1)];
-        match self.settings.secret_positions[which.min(1)].as_str() {
-            "" => format!("{}: {field}", self.describe()),
-            at => format!("{}: {field} (set at {at})", self.describe()),
+        match self.secret_positions[which.min(1)].as_str() {
+            "" => format!("{}: {field}", self.label),
+            at => format!("{}: {field} (set at {at})", self.label),
         }
     }
 
     /// The other Keycloak layout (with or without `/auth`), when the endpoint is the derived one.
     fn other_layout(&self, endpoint: &str) -> Option<(String, bool)> {
-        let s = &self.settings;
-        if s.kind != Kind::Keycloak || s.token_url.is_some() {
+        let TokenEndpoint::Keycloak { server, realm, .. } = &self.endpoint else {
             return None;
-        }
-        let (server, realm) = (s.auth_server.as_ref()?, s.realm.as_ref()?);
+        };
         let legacy = keycloak_token_url(server, realm, true);
         let modern = keycloak_token_url(server, realm, false);
         if endpoint == legacy {
@@ -280,40 +293,30 @@ impl HttpProvider {
 #[async_trait]
 impl Provider for HttpProvider {
     fn describe(&self) -> String {
-        let s = &self.settings;
-        let mut d = format!("profile `{}`", s.profile);
-        if let Some(p) = &s.provider {
-            d.push_str(&format!(" (provider {p}"));
-            if let Some(e) = &s.environment {
-                d.push_str(&format!(", environment {e}"));
-            }
-            d.push(')');
-        }
-        d
+        self.label.clone()
     }
 
     fn cache_key(&self) -> Result<CacheKey> {
-        let s = &self.settings;
-        let id = s
+        let id = self
             .client_id
             .key_material()
             .map_err(|e| e.context(self.source_context(0)))?;
-        let secret = s
+        let secret = self
             .client_secret
             .key_material()
             .map_err(|e| e.context(self.source_context(1)))?;
         let params: Vec<u8> = self
-            .params()
+            .params
             .iter()
             .flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
             .collect();
-        let endpoint = s.configured_endpoint();
+        let endpoint = self.endpoint.configured();
         Ok(CacheKey::from_parts([
             b"broker-http-v1".as_slice(),
             endpoint.as_bytes(),
-            s.kind.as_str().as_bytes(),
-            s.auth.as_str().as_bytes(),
-            s.body.as_str().as_bytes(),
+            self.kind.as_str().as_bytes(),
+            self.auth.as_str().as_bytes(),
+            self.body.as_str().as_bytes(),
             &id,
             &params,
             &secret,
@@ -321,18 +324,16 @@ impl Provider for HttpProvider {
     }
 
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
-        let label = self.describe();
+        let label = &self.label;
         let id = self
-            .settings
             .client_id
             .resolve()
             .map_err(|e| e.context(self.source_context(0)))?;
         let secret = self
-            .settings
             .client_secret
             .resolve()
             .map_err(|e| e.context(self.source_context(1)))?;
-        let endpoint = self.endpoint(cx).await.map_err(|e| e.context(&label))?;
+        let endpoint = self.endpoint(cx).await.map_err(|e| e.context(label))?;
         let requested_at = cx.clock.now();
         let answer = self
             .post(&endpoint, &id, &secret)
