@@ -17,18 +17,35 @@ struct Histogram {
     sum: f64,
 }
 
+/// Everything counted for one profile. Labels other than the profile are `&'static str`, so counting allocates
+/// nothing once the profile has an entry, and a daemon with many profiles keeps one small record each.
 #[derive(Default)]
-struct Inner {
-    /// (metric name, rendered labels) → value.
-    counters: BTreeMap<(&'static str, String), f64>,
-    gauges: BTreeMap<(&'static str, String), f64>,
-    histograms: BTreeMap<String, Histogram>,
+struct ProfileMetrics {
+    /// `broker_requests_total` by outcome.
+    requests: Vec<(&'static str, u64)>,
+    hits: u64,
+    misses: u64,
+    /// `broker_upstream_requests_total` by status.
+    upstream: Vec<(&'static str, u64)>,
+    refresh_failures: u64,
+    remaining: Option<f64>,
+    duration: Option<Box<Histogram>>,
 }
 
-/// All metrics of one daemon.
+/// Reads one per-profile counter.
+type Count = fn(&ProfileMetrics) -> u64;
+
+fn bump(counts: &mut Vec<(&'static str, u64)>, label: &'static str) {
+    match counts.iter_mut().find(|(l, _)| *l == label) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((label, 1)),
+    }
+}
+
+/// All metrics of one daemon, by profile (sorted, for a stable rendering).
 #[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    inner: Mutex<BTreeMap<String, ProfileMetrics>>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -47,56 +64,89 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on `profile`'s record, creating it on first use.
+    fn with(&self, profile: &str, f: impl FnOnce(&mut ProfileMetrics)) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match inner.get_mut(profile) {
+            Some(m) => f(m),
+            None => f(inner.entry(profile.to_owned()).or_default()),
+        }
     }
 
-    pub fn inc(&self, name: &'static str, pairs: &[(&str, &str)]) {
-        *self
-            .lock()
-            .counters
-            .entry((name, labels(pairs)))
-            .or_default() += 1.0;
+    /// A token request answered with `outcome` (`ok` or an error class).
+    pub fn request(&self, profile: &str, outcome: &'static str) {
+        self.with(profile, |m| bump(&mut m.requests, outcome));
     }
 
-    pub fn set(&self, name: &'static str, pairs: &[(&str, &str)], value: f64) {
-        self.lock().gauges.insert((name, labels(pairs)), value);
+    /// A token served from the cache (`hit`) or fetched for this request.
+    pub fn served(&self, profile: &str, hit: bool, remaining: Duration) {
+        self.with(profile, |m| {
+            if hit {
+                m.hits += 1;
+            } else {
+                m.misses += 1;
+            }
+            m.remaining = Some(remaining.as_secs_f64());
+        });
+    }
+
+    /// A background refresh that failed.
+    pub fn refresh_failed(&self, profile: &str) {
+        self.with(profile, |m| m.refresh_failures += 1);
     }
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let inner = self.lock();
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
         let typed = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        for (name, help) in [
-            (
-                "broker_requests_total",
-                "Token requests served, by profile and outcome.",
-            ),
+        typed(
+            &mut out,
+            "broker_requests_total",
+            "counter",
+            "Token requests served, by profile and outcome.",
+        );
+        for (p, m) in inner.iter() {
+            for (outcome, n) in &m.requests {
+                let l = labels(&[("profile", p), ("outcome", outcome)]);
+                let _ = writeln!(out, "broker_requests_total{l} {n}");
+            }
+        }
+        let per_profile: [(&str, &str, Count); 3] = [
             (
                 "broker_cache_hits_total",
                 "Token requests answered from the cache.",
+                |m| m.hits,
             ),
             (
                 "broker_cache_misses_total",
                 "Token requests that needed the provider.",
-            ),
-            (
-                "broker_upstream_requests_total",
-                "Requests to token endpoints, by profile and status.",
+                |m| m.misses,
             ),
             (
                 "broker_refresh_failures_total",
                 "Background refreshes that failed.",
+                |m| m.refresh_failures,
             ),
-        ] {
+        ];
+        for (name, help, get) in per_profile {
             typed(&mut out, name, "counter", help);
-            for ((n, l), v) in &inner.counters {
-                if *n == name {
-                    let _ = writeln!(out, "{n}{l} {v}");
-                }
+            for (p, m) in inner.iter().filter(|(_, m)| get(m) > 0) {
+                let _ = writeln!(out, "{name}{} {}", labels(&[("profile", p)]), get(m));
+            }
+        }
+        typed(
+            &mut out,
+            "broker_upstream_requests_total",
+            "counter",
+            "Requests to token endpoints, by profile and status.",
+        );
+        for (p, m) in inner.iter() {
+            for (status, n) in &m.upstream {
+                let l = labels(&[("profile", p), ("status", status)]);
+                let _ = writeln!(out, "broker_upstream_requests_total{l} {n}");
             }
         }
         typed(
@@ -105,8 +155,11 @@ impl Metrics {
             "gauge",
             "Seconds left on the cached token.",
         );
-        for ((n, l), v) in &inner.gauges {
-            let _ = writeln!(out, "{n}{l} {v}");
+        for (p, m) in inner.iter() {
+            if let Some(v) = m.remaining {
+                let l = labels(&[("profile", p)]);
+                let _ = writeln!(out, "broker_token_remaining_seconds{l} {v}");
+            }
         }
         typed(
             &mut out,
@@ -114,7 +167,10 @@ impl Metrics {
             "histogram",
             "Duration of requests to token endpoints.",
         );
-        for (profile, h) in &inner.histograms {
+        for (profile, h) in inner
+            .iter()
+            .filter_map(|(p, m)| m.duration.as_ref().map(|h| (p, h)))
+        {
             let mut cumulative = 0;
             for (i, le) in BUCKETS.iter().enumerate() {
                 cumulative += h.counts[i];
@@ -153,20 +209,15 @@ impl Observer for Metrics {
             Ok(()) => "ok",
             Err(k) => k.as_str(),
         };
-        let mut inner = self.lock();
-        *inner
-            .counters
-            .entry((
-                "broker_upstream_requests_total",
-                labels(&[("profile", profile), ("status", status)]),
-            ))
-            .or_default() += 1.0;
-        let h = inner.histograms.entry(profile.to_owned()).or_default();
         let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
-            h.counts[i] += 1;
-        }
-        h.count += 1;
-        h.sum += secs;
+        self.with(profile, |m| {
+            bump(&mut m.upstream, status);
+            let h = m.duration.get_or_insert_with(Box::default);
+            if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+                h.counts[i] += 1;
+            }
+            h.count += 1;
+            h.sum += secs;
+        });
     }
 }

@@ -3,13 +3,14 @@
 
 pub mod client;
 mod metrics;
+mod refresh;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path as UrlPath, Query, Request, State};
@@ -100,8 +101,8 @@ struct Daemon {
     metrics: Arc<Metrics>,
     allowed_uids: Vec<u32>,
     idle_after: Duration,
-    /// Profiles being refreshed in the background, with when they were last asked for.
-    refreshing: Mutex<HashMap<String, Instant>>,
+    /// Profiles being refreshed in the background.
+    refresher: refresh::Refresher,
 }
 
 impl Daemon {
@@ -232,7 +233,7 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
             .chain(args.allow_uid.iter().copied())
             .collect(),
         idle_after: args.refresh_idle_after,
-        refreshing: Mutex::new(HashMap::new()),
+        refresher: refresh::Refresher::default(),
     });
     let api = Router::new()
         .route("/v1/token/{profile}", get(token))
@@ -247,10 +248,11 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
     };
     for (name, s) in &daemon.loaded().settings {
         if s.sink.is_some() {
-            keep_fresh(&daemon, name);
+            daemon.refresher.keep_fresh(name);
         }
     }
 
+    let refresher = tokio::spawn(refresh::run(daemon.clone()));
     let reload = {
         let daemon = daemon.clone();
         let cli_config = cli.config.clone();
@@ -293,6 +295,7 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
         let _ = t.await;
     }
     reload.abort();
+    refresher.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; removed {}", socket.display());
     served.map_err(|e| Error::internal(format!("server error: {e}")))
@@ -329,7 +332,7 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in sinks {
-                    keep_fresh(&daemon, &name);
+                    daemon.refresher.keep_fresh(&name);
                 }
                 tracing::info!("SIGHUP: configuration reloaded");
             }
@@ -452,10 +455,7 @@ async fn token(
     let loaded = daemon.loaded();
     let m = &daemon.metrics;
     let Ok(Query(q)) = query else {
-        m.inc(
-            "broker_requests_total",
-            &[("profile", &profile), ("outcome", "usage")],
-        );
+        m.request(&profile, "usage");
         return error_response(
             &Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>"),
             StatusCode::BAD_REQUEST,
@@ -476,10 +476,7 @@ async fn token(
         }
     };
     if !loaded.names.contains(&profile) {
-        m.inc(
-            "broker_requests_total",
-            &[("profile", &profile), ("outcome", "unknown_profile")],
-        );
+        m.request(&profile, "unknown_profile");
         let names: Vec<&str> = loaded.names.iter().map(String::as_str).collect();
         return error_response(
             &Error::config(format!(
@@ -499,28 +496,12 @@ async fn token(
     let now = SystemTime::now();
     if let Ok(t) = &result {
         // A hit: the token was not fetched for this request.
-        let hit = t.obtained_at() < asked;
-        m.inc(
-            if hit {
-                "broker_cache_hits_total"
-            } else {
-                "broker_cache_misses_total"
-            },
-            &[("profile", &profile)],
-        );
+        m.served(&profile, t.obtained_at() < asked, t.remaining(now));
     }
     match (result, loaded.settings.get(&profile)) {
         (Ok(t), Some(settings)) => {
-            m.inc(
-                "broker_requests_total",
-                &[("profile", &profile), ("outcome", "ok")],
-            );
-            m.set(
-                "broker_token_remaining_seconds",
-                &[("profile", &profile)],
-                t.remaining(now).as_secs_f64(),
-            );
-            keep_fresh(&daemon, &profile);
+            m.request(&profile, "ok");
+            daemon.refresher.keep_fresh(&profile);
             match output::render(
                 Format::Json,
                 &settings.shown,
@@ -537,10 +518,7 @@ async fn token(
             StatusCode::INTERNAL_SERVER_ERROR,
         ),
         (Err(e), _) => {
-            m.inc(
-                "broker_requests_total",
-                &[("profile", &profile), ("outcome", e.kind().as_str())],
-            );
+            m.request(&profile, e.kind().as_str());
             error_response(&e, status_of(e.kind()))
         }
     }
@@ -560,7 +538,12 @@ async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_json::Value> 
                 Ok(CacheState::None) => json!({"state": "none"}),
                 Err(e) => json!({"state": "error", "error": e.kind().as_str()}),
             };
-            json!({"name": name, "provider": s.and_then(|s| s.provider.clone()), "environment": s.and_then(|s| s.environment.clone()), "cache": cache})
+            let refresh = match daemon.refresher.state(name) {
+                None => json!({"state": "idle"}),
+                Some(None) => json!({"state": "running"}),
+                Some(Some(at)) => json!({"state": "scheduled", "at": rfc3339(at)}),
+            };
+            json!({"name": name, "provider": s.and_then(|s| s.provider.clone()), "environment": s.and_then(|s| s.environment.clone()), "cache": cache, "refresh": refresh})
         })
         .collect();
     Json(json!({"profiles": list}))
@@ -571,130 +554,4 @@ async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         daemon.metrics.render(),
     )
-}
-
-/// Writes a token file atomically with its configured mode.
-fn write_sink(
-    sink: &broker_core::config::Sink,
-    settings: &Served,
-    token: &broker_core::AccessToken,
-) -> Result<(), Error> {
-    let format = match sink.format.as_str() {
-        "header" => Format::Header,
-        "json" => Format::Json,
-        _ => Format::Token,
-    };
-    let body = output::render(
-        format,
-        &settings.shown,
-        token,
-        SystemTime::now(),
-        settings.min_ttl,
-    )?;
-    write_private(
-        &broker_core::secret::expand_home(&sink.path),
-        body.as_bytes(),
-        sink.mode,
-    )
-}
-
-/// Starts refreshing `profile` in the background, or notes that it is still in use.
-fn keep_fresh(daemon: &Arc<Daemon>, profile: &str) {
-    let mut refreshing = daemon.refreshing.lock().unwrap_or_else(|e| e.into_inner());
-    let first = refreshing
-        .insert(profile.to_owned(), Instant::now())
-        .is_none();
-    drop(refreshing);
-    if first {
-        let daemon = daemon.clone();
-        let profile = profile.to_owned();
-        tokio::spawn(async move { refresh_loop(daemon, profile).await });
-    }
-}
-
-/// Refreshes `profile` when its margin is reached (less up to 10 % of the lifetime, at random), so callers never
-/// wait on the provider; backs off on failure while the cached token keeps being served; stops when idle.
-async fn refresh_loop(daemon: Arc<Daemon>, profile: String) {
-    let mut backoff = Duration::from_secs(1);
-    let mut written: Option<SystemTime> = None;
-    loop {
-        let last_used = daemon
-            .refreshing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&profile)
-            .copied();
-        let has_sink = daemon
-            .loaded()
-            .settings
-            .get(&profile)
-            .is_some_and(|s| s.sink.is_some());
-        if !has_sink && last_used.is_none_or(|t| t.elapsed() > daemon.idle_after) {
-            daemon
-                .refreshing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&profile);
-            tracing::debug!("profile `{profile}`: idle; background refresh stopped");
-            return;
-        }
-        let loaded = daemon.loaded();
-        let Some(settings) = loaded.settings.get(&profile) else {
-            return;
-        };
-        let min_ttl = settings.min_ttl;
-        // Boxed: a sleeping refresh task then holds a small future, not the largest state of a fetch.
-        let current = match Box::pin(loaded.broker.token(&profile, &TokenRequest::default())).await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("background refresh of `{profile}`: {e}");
-                daemon
-                    .metrics
-                    .inc("broker_refresh_failures_total", &[("profile", &profile)]);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                continue;
-            }
-        };
-        if written != Some(current.obtained_at()) {
-            if let Some(sink) = &settings.sink {
-                match write_sink(sink, settings, &current) {
-                    Ok(()) => written = Some(current.obtained_at()),
-                    Err(e) => tracing::warn!("profile `{profile}`: {e}"),
-                }
-            }
-        }
-        let jitter = current.lifetime().mul_f64(0.1 * fastrand::f64());
-        let due = current.expires_at() - current.margin(min_ttl) - jitter;
-        if let Ok(wait) = due.duration_since(SystemTime::now()) {
-            tokio::time::sleep(wait).await;
-        }
-        let ahead = TokenRequest {
-            refresh_ahead: true,
-            ..Default::default()
-        };
-        let loaded = daemon.loaded();
-        match Box::pin(loaded.broker.token(&profile, &ahead)).await {
-            Ok(t) if t.obtained_at() > current.obtained_at() => backoff = Duration::from_secs(1),
-            outcome => {
-                // The broker served the old token (or none): the refresh failed.
-                if let Err(e) = outcome {
-                    tracing::warn!("background refresh of `{profile}`: {e}");
-                }
-                daemon
-                    .metrics
-                    .inc("broker_refresh_failures_total", &[("profile", &profile)]);
-                tokio::time::sleep(
-                    backoff.min(
-                        current
-                            .remaining(SystemTime::now())
-                            .max(Duration::from_millis(100)),
-                    ),
-                )
-                .await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
 }

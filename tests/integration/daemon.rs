@@ -328,6 +328,38 @@ fn tokens_are_refreshed_ahead_so_callers_never_wait() {
     }
 }
 
+/// The `refresh` object `/v1/profiles` shows for `profile`.
+fn refresh_state(d: &Daemon, profile: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&d.get("/v1/profiles").2).unwrap_or_default();
+    v["profiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == profile))
+        .map(|p| p["refresh"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_profile_nobody_asks_for_stops_being_refreshed_and_resumes_when_asked() {
+    // Tokens live 4 s, so the refresh falls due 1.6-2 s after the fetch: past the 1 s idle limit.
+    let idp = auth0("4", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start_with(&home, &["--refresh-idle-after", "1s"], &[]);
+    assert_eq!(refresh_state(&d, "chili")["state"], "idle", "before any request");
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    poll("the refresh to be scheduled", || {
+        refresh_state(&d, "chili")["state"] == "scheduled"
+    });
+    poll("the idle profile to leave the schedule", || {
+        refresh_state(&d, "chili")["state"] == "idle"
+    });
+    assert_eq!(idp.issued(), 1, "an idle profile was refreshed");
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    poll("the refresh to be scheduled again", || {
+        refresh_state(&d, "chili")["state"] == "scheduled"
+    });
+}
+
 #[test]
 fn an_outage_is_ridden_out_while_the_token_is_valid_and_recovered_from_without_a_restart() {
     let idp = auth0("6", None);

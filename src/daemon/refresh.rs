@@ -1,0 +1,279 @@
+//! Background refresh: every profile the daemon has handed out (or that has a sink) is refreshed when its margin is
+//! reached, less up to 10 % of the lifetime at random, so callers never wait on the provider. A failed refresh backs
+//! off (1 s doubling to 60 s, never past the old token's expiry) while the cached token keeps being served; a
+//! profile nobody asked for in `refresh_idle_after` is dropped.
+//!
+//! One scheduler task and one timer serve every profile: the schedule is a set ordered by due time, and a profile
+//! costs one small [`Plan`] between refreshes rather than a sleeping task of its own. A refresh that falls due runs
+//! in a short-lived task, so a slow provider delays only its own profiles.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use broker_core::{AccessToken, Error, TokenRequest};
+use tokio::sync::Notify;
+
+use super::{write_private, Daemon, Served};
+use crate::output::{self, Format};
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the next run of a profile does.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Get the current token (fetching it if there is none), write the sink, schedule the refresh.
+    Current,
+    /// The margin of the token obtained at `obtained` (expiring at `expires`) is reached: refresh it ahead.
+    Ahead {
+        obtained: SystemTime,
+        expires: SystemTime,
+    },
+}
+
+/// One profile's place in the schedule.
+struct Plan {
+    last_used: Instant,
+    stage: Stage,
+    backoff: Duration,
+    /// `obtained_at` of the token last written to the sink.
+    written: Option<SystemTime>,
+    /// When the next run is due; `None` while it runs.
+    due: Option<SystemTime>,
+}
+
+#[derive(Default)]
+struct Schedule {
+    plans: HashMap<Arc<str>, Plan>,
+    /// `(due, profile)` of every plan waiting for its time.
+    queue: BTreeSet<(SystemTime, Arc<str>)>,
+}
+
+/// The schedule and the scheduler's wake-up call.
+#[derive(Default)]
+pub struct Refresher {
+    schedule: Mutex<Schedule>,
+    wake: Notify,
+}
+
+impl Refresher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `profile` is in use, scheduling it at once if it was not scheduled.
+    pub fn keep_fresh(&self, profile: &str) {
+        let mut s = self.lock();
+        if let Some(plan) = s.plans.get_mut(profile) {
+            plan.last_used = Instant::now();
+            return;
+        }
+        let name: Arc<str> = Arc::from(profile);
+        let now = SystemTime::now();
+        s.queue.insert((now, name.clone()));
+        s.plans.insert(
+            name,
+            Plan {
+                last_used: Instant::now(),
+                stage: Stage::Current,
+                backoff: FIRST_BACKOFF,
+                written: None,
+                due: Some(now),
+            },
+        );
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Where `profile` stands: not refreshed in the background (`None`), refreshing now (`Some(None)`), or due
+    /// at a time.
+    pub fn state(&self, profile: &str) -> Option<Option<SystemTime>> {
+        self.lock().plans.get(profile).map(|p| p.due)
+    }
+
+    /// Takes the first plan that is due, or says how long until one is (`None`: nothing scheduled).
+    fn next_due(&self) -> Result<Arc<str>, Option<Duration>> {
+        let mut s = self.lock();
+        let Some((due, _)) = s.queue.first() else {
+            return Err(None);
+        };
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            if !wait.is_zero() {
+                return Err(Some(wait));
+            }
+        }
+        let Some((_, name)) = s.queue.pop_first() else {
+            return Err(None);
+        };
+        if let Some(plan) = s.plans.get_mut(&name) {
+            plan.due = None;
+        }
+        Ok(name)
+    }
+
+    /// Puts `profile` back in the schedule after a run, or drops it.
+    fn reschedule(&self, profile: Arc<str>, next: Option<Next>) {
+        let mut s = self.lock();
+        match next {
+            None => {
+                s.plans.remove(&profile);
+            }
+            Some(next) => {
+                let Some(plan) = s.plans.get_mut(&profile) else {
+                    return;
+                };
+                plan.stage = next.stage;
+                plan.backoff = next.backoff;
+                plan.written = next.written;
+                plan.due = Some(next.due);
+                s.queue.insert((next.due, profile));
+                drop(s);
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Runs the schedule until the daemon stops: sleeps until the first plan is due (or a new one arrives) and starts
+/// each due run in its own task.
+pub async fn run(daemon: Arc<Daemon>) {
+    loop {
+        match daemon.refresher.next_due() {
+            Ok(profile) => {
+                let daemon = daemon.clone();
+                tokio::spawn(async move {
+                    let next = step(&daemon, &profile).await;
+                    daemon.refresher.reschedule(profile, next);
+                });
+            }
+            Err(Some(wait)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = daemon.refresher.wake.notified() => {}
+                }
+            }
+            Err(None) => daemon.refresher.wake.notified().await,
+        }
+    }
+}
+
+/// Where a run leaves a plan.
+struct Next {
+    stage: Stage,
+    backoff: Duration,
+    written: Option<SystemTime>,
+    due: SystemTime,
+}
+
+/// One run of `profile`'s plan; `None` drops it (idle, or gone from the config).
+async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
+    let (last_used, mut stage, mut backoff, mut written) = {
+        let s = daemon.refresher.lock();
+        let plan = s.plans.get(profile)?;
+        (plan.last_used, plan.stage, plan.backoff, plan.written)
+    };
+    loop {
+        let loaded = daemon.loaded();
+        let settings = loaded.settings.get(profile)?;
+        if settings.sink.is_none() && last_used.elapsed() > daemon.idle_after {
+            tracing::debug!("profile `{profile}`: idle; background refresh stopped");
+            return None;
+        }
+        match stage {
+            Stage::Current => {
+                let current = match loaded.broker.token(profile, &TokenRequest::default()).await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!("background refresh of `{profile}`: {e}");
+                        daemon.metrics.refresh_failed(profile);
+                        let due = SystemTime::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        return Some(Next {
+                            stage,
+                            backoff,
+                            written,
+                            due,
+                        });
+                    }
+                };
+                if written != Some(current.obtained_at()) {
+                    if let Some(sink) = &settings.sink {
+                        match write_sink(sink, settings, &current) {
+                            Ok(()) => written = Some(current.obtained_at()),
+                            Err(e) => tracing::warn!("profile `{profile}`: {e}"),
+                        }
+                    }
+                }
+                let jitter = current.lifetime().mul_f64(0.1 * fastrand::f64());
+                return Some(Next {
+                    stage: Stage::Ahead {
+                        obtained: current.obtained_at(),
+                        expires: current.expires_at(),
+                    },
+                    backoff,
+                    written,
+                    due: current.expires_at() - current.margin(settings.min_ttl) - jitter,
+                });
+            }
+            Stage::Ahead { obtained, expires } => {
+                let ahead = TokenRequest {
+                    refresh_ahead: true,
+                    ..Default::default()
+                };
+                match loaded.broker.token(profile, &ahead).await {
+                    Ok(t) if t.obtained_at() > obtained => {
+                        // Refreshed: write the sink and schedule the next refresh at once.
+                        backoff = FIRST_BACKOFF;
+                        stage = Stage::Current;
+                    }
+                    outcome => {
+                        // The broker served the old token (or none): the refresh failed.
+                        if let Err(e) = outcome {
+                            tracing::warn!("background refresh of `{profile}`: {e}");
+                        }
+                        daemon.metrics.refresh_failed(profile);
+                        let now = SystemTime::now();
+                        let left = expires
+                            .duration_since(now)
+                            .unwrap_or_default()
+                            .max(Duration::from_millis(100));
+                        let due = now + backoff.min(left);
+                        return Some(Next {
+                            stage: Stage::Current,
+                            backoff: (backoff * 2).min(MAX_BACKOFF),
+                            written,
+                            due,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes a token file atomically with its configured mode.
+fn write_sink(
+    sink: &broker_core::config::Sink,
+    settings: &Served,
+    token: &AccessToken,
+) -> Result<(), Error> {
+    let format = match sink.format.as_str() {
+        "header" => Format::Header,
+        "json" => Format::Json,
+        _ => Format::Token,
+    };
+    let body = output::render(
+        format,
+        &settings.shown,
+        token,
+        SystemTime::now(),
+        settings.min_ttl,
+    )?;
+    write_private(
+        &broker_core::secret::expand_home(&sink.path),
+        body.as_bytes(),
+        sink.mode,
+    )
+}
