@@ -228,6 +228,17 @@ async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
                         backoff = FIRST_BACKOFF;
                         stage = Stage::Current;
                     }
+                    Ok(t) if t.refresh_not_before().is_some_and(|at| at > SystemTime::now()) => {
+                        // The provider handed back the token it already gave (Auth0 caches its tokens): not a
+                        // failure. Ask again when the core's pause is over, or when the token expires if sooner.
+                        let due = t.refresh_not_before().map_or(expires, |at| at.min(expires));
+                        return Some(Next {
+                            stage,
+                            backoff: FIRST_BACKOFF,
+                            written,
+                            due,
+                        });
+                    }
                     outcome => {
                         // The broker served the old token (or none): the refresh failed.
                         if let Err(e) = outcome {

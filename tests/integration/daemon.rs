@@ -112,6 +112,11 @@ fn metric(text: &str, prefix: &str) -> f64 {
 const SECRET: &str = "daemon-secret";
 
 fn auth0(ttl: &str, port: Option<u16>) -> NodeServer {
+    auth0_with(ttl, port, "0")
+}
+
+/// `reuse`: `1` to hand back the cached token until it expires, as Auth0 does.
+fn auth0_with(ttl: &str, port: Option<u16>, reuse: &str) -> NodeServer {
     let port = port.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
     NodeServer::start(
         "mock-auth0.mjs",
@@ -121,6 +126,7 @@ fn auth0(ttl: &str, port: Option<u16>) -> NodeServer {
             ("AUDIENCE", "https://chiligrafx.com"),
             ("TOKEN_TTL", ttl),
             ("PORT", &port),
+            ("REUSE_TOKEN", reuse),
         ],
     )
 }
@@ -358,6 +364,29 @@ fn a_profile_nobody_asks_for_stops_being_refreshed_and_resumes_when_asked() {
     poll("the refresh to be scheduled again", || {
         refresh_state(&d, "chili")["state"] == "scheduled"
     });
+}
+
+#[test]
+fn a_provider_that_hands_back_its_cached_token_is_not_asked_again_and_again() {
+    // Auth0 answers a refresh with the token it already gave until that expires. Tokens live 6 s: the daemon's
+    // refresh ahead (2.4-3 s before expiry) gets the same token back, which is not a failure; it asks again when
+    // the token expires, not on a backoff of 1 s, 2 s, ...
+    let idp = auth0_with("6", None, "1");
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    poll("a second token, after the first expired", || {
+        idp.issued() >= 2
+    });
+    let m = d.metrics();
+    assert_eq!(
+        metric(&m, "broker_refresh_failures_total{profile=\"chili\"}"),
+        0.0,
+        "{m}"
+    );
+    // The first token's fetch, one refresh that got it back, the second token's fetch at the first's expiry.
+    assert!(idp.calls() <= 3, "{} token requests for two tokens", idp.calls());
 }
 
 #[test]

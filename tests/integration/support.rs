@@ -260,6 +260,14 @@ impl NodeServer {
             .parse()
             .unwrap_or_else(|e| panic!("count: {e}"))
     }
+
+    /// Successful token requests, including tokens handed back again (`GET /__calls`, mock-auth0 only).
+    pub fn calls(&self) -> u64 {
+        http_get(self.port, "/__calls")
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("calls: {e}"))
+    }
 }
 
 impl Drop for NodeServer {
