@@ -182,8 +182,7 @@ async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
         }
         match stage {
             Stage::Current => {
-                let current = match loaded.broker.token(profile, &TokenRequest::default()).await
-                {
+                let current = match loaded.broker.token(profile, &TokenRequest::default()).await {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!("background refresh of `{profile}`: {e}");
@@ -228,7 +227,10 @@ async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
                         backoff = FIRST_BACKOFF;
                         stage = Stage::Current;
                     }
-                    Ok(t) if t.refresh_not_before().is_some_and(|at| at > SystemTime::now()) => {
+                    Ok(t)
+                        if t.refresh_not_before()
+                            .is_some_and(|at| at > SystemTime::now()) =>
+                    {
                         // The provider handed back the token it already gave (Auth0 caches its tokens): not a
                         // failure. Ask again when the core's pause is over, or when the token expires if sooner.
                         let due = t.refresh_not_before().map_or(expires, |at| at.min(expires));

@@ -351,7 +351,11 @@ fn a_profile_nobody_asks_for_stops_being_refreshed_and_resumes_when_asked() {
     let home = Home::new();
     chili_profile(&home, &idp.base());
     let d = Daemon::start_with(&home, &["--refresh-idle-after", "1s"], &[]);
-    assert_eq!(refresh_state(&d, "chili")["state"], "idle", "before any request");
+    assert_eq!(
+        refresh_state(&d, "chili")["state"],
+        "idle",
+        "before any request"
+    );
     assert_eq!(d.get("/v1/token/chili").0, 200);
     poll("the refresh to be scheduled", || {
         refresh_state(&d, "chili")["state"] == "scheduled"
@@ -386,7 +390,11 @@ fn a_provider_that_hands_back_its_cached_token_is_not_asked_again_and_again() {
         "{m}"
     );
     // The first token's fetch, one refresh that got it back, the second token's fetch at the first's expiry.
-    assert!(idp.calls() <= 3, "{} token requests for two tokens", idp.calls());
+    assert!(
+        idp.calls() <= 3,
+        "{} token requests for two tokens",
+        idp.calls()
+    );
 }
 
 #[test]

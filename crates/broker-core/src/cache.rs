@@ -363,7 +363,8 @@ mod tests {
     }
 
     #[test]
-    fn a_stray_temp_file_is_taken_over_by_the_next_write() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_stray_temp_file_is_taken_over_by_the_next_write() -> Result<(), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let cache = DiskCache::new(dir.path().join("broker"));
         let key = CacheKey::from_parts([b"a".as_slice()]);

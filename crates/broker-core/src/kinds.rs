@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use crate::cache::CacheKey;
 use crate::config::{keycloak_token_url, AuthMethod, BodyFormat, Kind, Settings, TokenEndpoint};
-use crate::secret::SecretSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{build_client, classify, send};
 use crate::provider::{FetchContext, Fetched, Provider};
+use crate::secret::SecretSource;
 
 /// Everything outside `A-Z a-z 0-9 - . _ ~` is `%XX`-encoded, a space as `%20` (RFC 6749 §2.3.1, and what
 /// both strict servers and Keycloak accept).
