@@ -31,9 +31,11 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let log = std::fs::File::create(home.path().join("daemon.log"))
+            .unwrap_or_else(|e| panic!("daemon.log: {e}"));
         let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{e}"));
         let d = Daemon { child, socket };
@@ -395,6 +397,35 @@ fn a_provider_that_hands_back_its_cached_token_is_not_asked_again_and_again() {
         "{} token requests for two tokens",
         idp.calls()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clock_skew_is_warned_about_once_per_profile() {
+    // The JWT's exp is an hour behind request time + expires_in: the clocks disagree (contract §2).
+    let server = MockServer::start().await;
+    let skewed = jwt(&json!({"exp": now_secs() - 3600}));
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": skewed, "expires_in": 300})),
+        )
+        .expect(3)
+        .mount(&server)
+        .await;
+    let home = Home::new();
+    home.config(&format!("[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = {{ env = \"S\" }}\n", server.uri()));
+    let text = tokio::task::spawn_blocking(move || {
+        let d = Daemon::start_with(&home, &[], &[("S", "s")]);
+        for _ in 0..3 {
+            assert_eq!(d.get("/v1/token/p?force_refresh=true").0, 200);
+        }
+        drop(d);
+        std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let warnings = text.lines().filter(|l| l.contains("clock")).count();
+    assert_eq!(warnings, 1, "three skewed fetches, one warning:\n{text}");
 }
 
 #[test]

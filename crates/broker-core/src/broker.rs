@@ -153,6 +153,8 @@ struct Profile {
     policy: Policy,
     /// The key and its slot, computed on first use (it may read an env var or a file).
     keyed: OnceLock<(CacheKey, Arc<Slot>)>,
+    /// Clock skew is warned about once per profile (contract §2); later fetches say it at debug level.
+    skew_warned: std::sync::atomic::AtomicBool,
 }
 
 /// Combines what memory and disk know: the later-expiring token, the later cool-down, disk's endpoint.
@@ -259,6 +261,7 @@ impl BrokerBuilder {
             provider,
             policy,
             keyed: OnceLock::new(),
+            skew_warned: std::sync::atomic::AtomicBool::new(false),
         };
         self.profiles.insert(name, Ok(Arc::new(p)));
         self
@@ -643,12 +646,18 @@ impl Broker {
                     p.name,
                     crate::duration::format(p.policy.lifetime.default_ttl)
                 ),
-                LifetimeNote::ClockSkew { by } => tracing::warn!(
-                    "profile `{}`: the token's exp is {} earlier than expires_in says: this machine's clock or the \
-                     provider's is off; using expires_in",
-                    p.name,
-                    crate::duration::format(by)
-                ),
+                LifetimeNote::ClockSkew { by } => {
+                    let by = crate::duration::format(by);
+                    if p.skew_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!("profile `{}`: clock skew of {by} again", p.name);
+                    } else {
+                        tracing::warn!(
+                            "profile `{}`: the token's exp is {by} earlier than expires_in says: this machine's \
+                             clock or the provider's is off; using expires_in",
+                            p.name
+                        );
+                    }
+                }
                 LifetimeNote::CutToMaxTtl => tracing::debug!("profile `{}`: lifetime cut to max_ttl", p.name),
             }
         }
