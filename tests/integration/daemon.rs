@@ -429,6 +429,50 @@ async fn clock_skew_is_warned_about_once_per_profile() {
 }
 
 #[test]
+fn a_slow_secret_command_does_not_stall_other_profiles() {
+    // One runtime thread: `slow`'s secret command waits for a gate file; `fast` must be served meanwhile.
+    let idp = auth0("300", None);
+    let home = Home::new();
+    let dir = home.path().display().to_string();
+    home.config(&format!(
+        "[profiles.slow]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\n\
+         client_secret = {{ command = [\"sh\", \"-c\", \"touch {dir}/started; while [ ! -e {dir}/gate ]; do sleep 0.02; done; echo {SECRET}\"] }}\n\
+         [profiles.fast]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\n",
+        base = idp.base()
+    ));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = Daemon::start_with(&home, &["--threads", "1"], &[]);
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| d.get("/v1/token/slow").0);
+        poll("the secret command to start", || {
+            home.path().join("started").exists()
+        });
+        let mut s =
+            std::os::unix::net::UnixStream::connect(&d.socket).unwrap_or_else(|e| panic!("{e}"));
+        // A stalled daemon fails this test instead of hanging it.
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = write!(
+            s,
+            "GET /v1/token/fast HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n"
+        );
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let slow_first = slow.is_finished();
+        // Open the gate before any assertion, so a failure does not leave `slow` waiting forever.
+        std::fs::write(home.path().join("gate"), b"").unwrap_or_else(|e| panic!("{e}"));
+        let slow_status = slow.join().unwrap_or(0);
+        assert_eq!(parse_response(&raw).0, 200, "fast was not served: {raw}");
+        assert!(
+            !slow_first,
+            "slow was served before its secret command finished"
+        );
+        assert_eq!(slow_status, 200);
+    });
+}
+
+#[test]
 fn an_outage_is_ridden_out_while_the_token_is_valid_and_recovered_from_without_a_restart() {
     let idp = auth0("6", None);
     let port = idp.port;

@@ -327,11 +327,13 @@ impl Provider for HttpProvider {
         let label = &self.label;
         let id = self
             .client_id
-            .resolve()
+            .resolve_async()
+            .await
             .map_err(|e| e.context(self.source_context(0)))?;
         let secret = self
             .client_secret
-            .resolve()
+            .resolve_async()
+            .await
             .map_err(|e| e.context(self.source_context(1)))?;
         let endpoint = self.endpoint(cx).await.map_err(|e| e.context(label))?;
         let requested_at = cx.clock.now();

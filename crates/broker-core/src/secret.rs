@@ -78,6 +78,21 @@ impl SecretSource {
         }
     }
 
+    /// Reads the secret from async code: a command runs on the runtime's blocking pool, so a slow one (it may
+    /// take up to its 10 s limit, e.g. a password manager asking for a PIN) does not stall other requests served
+    /// by the same runtime thread. Other sources are read in place.
+    pub async fn resolve_async(&self) -> Result<SecretString> {
+        match self {
+            SecretSource::Command(argv) => {
+                let argv = argv.clone();
+                tokio::task::spawn_blocking(move || run_command(&argv))
+                    .await
+                    .map_err(|e| Error::internal(format!("secret command task: {e}")))?
+            }
+            _ => self.resolve(),
+        }
+    }
+
     /// What identifies this secret in a cache key: a hash of the value for literal, env and file
     /// sources, the argv for a command (so a warm cache hit never runs the command).
     pub fn key_material(&self) -> Result<Vec<u8>> {
