@@ -34,6 +34,8 @@ struct ProfileMetrics {
 
 /// Reads one per-profile counter.
 type Count = fn(&ProfileMetrics) -> u64;
+/// Reads one per-profile counter split by a second label.
+type Split = fn(&ProfileMetrics) -> &[(&'static str, u64)];
 
 fn bump(counts: &mut Vec<(&'static str, u64)>, label: &'static str) {
     match counts.iter_mut().find(|(l, _)| *l == label) {
@@ -102,16 +104,27 @@ impl Metrics {
         let typed = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        typed(
-            &mut out,
-            "broker_requests_total",
-            "counter",
-            "Token requests served, by profile and outcome.",
-        );
-        for (p, m) in inner.iter() {
-            for (outcome, n) in &m.requests {
-                let l = labels(&[("profile", p), ("outcome", outcome)]);
-                let _ = writeln!(out, "broker_requests_total{l} {n}");
+        let split: [(&str, &str, &str, Split); 2] = [
+            (
+                "broker_requests_total",
+                "Token requests served, by profile and outcome.",
+                "outcome",
+                |m| &m.requests,
+            ),
+            (
+                "broker_upstream_requests_total",
+                "Requests to token endpoints, by profile and status.",
+                "status",
+                |m| &m.upstream,
+            ),
+        ];
+        for (name, help, key, get) in split {
+            typed(&mut out, name, "counter", help);
+            for (p, m) in inner.iter() {
+                for (value, n) in get(m) {
+                    let l = labels(&[("profile", p), (key, value)]);
+                    let _ = writeln!(out, "{name}{l} {n}");
+                }
             }
         }
         let per_profile: [(&str, &str, Count); 3] = [
@@ -135,18 +148,6 @@ impl Metrics {
             typed(&mut out, name, "counter", help);
             for (p, m) in inner.iter().filter(|(_, m)| get(m) > 0) {
                 let _ = writeln!(out, "{name}{} {}", labels(&[("profile", p)]), get(m));
-            }
-        }
-        typed(
-            &mut out,
-            "broker_upstream_requests_total",
-            "counter",
-            "Requests to token endpoints, by profile and status.",
-        );
-        for (p, m) in inner.iter() {
-            for (status, n) in &m.upstream {
-                let l = labels(&[("profile", p), ("status", status)]);
-                let _ = writeln!(out, "broker_upstream_requests_total{l} {n}");
             }
         }
         typed(
