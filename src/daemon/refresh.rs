@@ -19,6 +19,8 @@ use crate::output::{self, Format};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest the scheduler sleeps before looking at the wall clock again.
+const RECHECK: Duration = Duration::from_secs(60);
 
 /// What the next run of a profile does.
 #[derive(Clone, Copy)]
@@ -148,8 +150,10 @@ pub async fn run(daemon: Arc<Daemon>) {
                 });
             }
             Err(Some(wait)) => {
+                // Due times are wall-clock times and tokio's timer runs on the monotonic clock, which stands still
+                // while the machine is suspended: looking again at least every minute catches up after a resume.
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(wait.min(RECHECK)) => {}
                     _ = daemon.refresher.wake.notified() => {}
                 }
             }
