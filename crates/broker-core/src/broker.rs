@@ -419,7 +419,9 @@ impl Broker {
             }
         }
         let span = tracing::debug_span!("refresh", profile = %p.name);
-        self.refresh(p, req).instrument(span).await
+        // Boxed: the refresh state machine is large, and keeping it out of this future keeps a warm call (which
+        // never gets here) from creating and moving hundreds of bytes.
+        Box::pin(self.refresh(p, req).instrument(span)).await
     }
 
     async fn refresh(&self, p: &Profile, req: &TokenRequest) -> Result<Arc<AccessToken>> {
