@@ -54,6 +54,8 @@ impl Daemon {
         let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
             return (0, String::new(), String::new());
         };
+        // A stalled daemon fails a test instead of hanging it.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
         let _ = write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n"
@@ -448,22 +450,12 @@ fn a_slow_secret_command_does_not_stall_other_profiles() {
         poll("the secret command to start", || {
             home.path().join("started").exists()
         });
-        let mut s =
-            std::os::unix::net::UnixStream::connect(&d.socket).unwrap_or_else(|e| panic!("{e}"));
-        // A stalled daemon fails this test instead of hanging it.
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let _ = write!(
-            s,
-            "GET /v1/token/fast HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n"
-        );
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
+        let (fast, _, body) = d.get("/v1/token/fast");
         let slow_first = slow.is_finished();
         // Open the gate before any assertion, so a failure does not leave `slow` waiting forever.
         std::fs::write(home.path().join("gate"), b"").unwrap_or_else(|e| panic!("{e}"));
         let slow_status = slow.join().unwrap_or(0);
-        assert_eq!(parse_response(&raw).0, 200, "fast was not served: {raw}");
+        assert_eq!(fast, 200, "fast was not served: {body}");
         assert!(
             !slow_first,
             "slow was served before its secret command finished"
