@@ -76,3 +76,15 @@ pub fn get_token(
         .map_err(|e| broker_core::Error::internal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(broker.token(profile, req))
 }
+
+/// Removes from `cmd`'s environment the variables that hold this profile's credentials (`{ env = "..." }`
+/// sources), except those named in `keep`: a program given a token has no business with the secret that got it.
+pub fn scrub_credentials(cmd: &mut std::process::Command, settings: &Settings, keep: &[String]) {
+    for source in [&settings.client_id, &settings.client_secret] {
+        if let broker_core::secret::SecretSource::Env(name) = source {
+            if !keep.contains(name) {
+                cmd.env_remove(name);
+            }
+        }
+    }
+}

@@ -18,6 +18,10 @@ pub struct Args {
     pub profile: String,
     /// The URL; one starting with `/` is joined to the profile's `api` endpoint.
     pub url: String,
+    /// Pass this variable on to the command although it holds one of the profile's credentials (repeatable).
+    /// By default the variables named by the profile's `{ env = "..." }` sources are removed.
+    #[arg(long = "keep-env", value_name = "NAME")]
+    pub keep_env: Vec<String>,
     /// Further arguments for curl.
     #[arg(
         trailing_var_arg = true,
@@ -62,6 +66,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
         .arg(format!("@/dev/fd/{}", reader.as_raw_fd()))
         .arg(&url)
         .args(&args.curl_args);
+    context::scrub_credentials(&mut cmd, &settings, &args.keep_env);
     let err = cmd.exec();
     drop(reader);
     if err.kind() == std::io::ErrorKind::NotFound {

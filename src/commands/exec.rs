@@ -16,6 +16,10 @@ pub struct Args {
     /// Also put the token in this variable (repeatable).
     #[arg(long = "env", value_name = "NAME")]
     pub env: Vec<String>,
+    /// Pass this variable on to the command although it holds one of the profile's credentials (repeatable).
+    /// By default the variables named by the profile's `{ env = "..." }` sources are removed.
+    #[arg(long = "keep-env", value_name = "NAME")]
+    pub keep_env: Vec<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -34,7 +38,9 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     };
     let raw = token.secret().expose_secret();
     let mut cmd = std::process::Command::new(program);
-    cmd.args(rest).env("BROKER_TOKEN", raw);
+    cmd.args(rest);
+    context::scrub_credentials(&mut cmd, &settings, &args.keep_env);
+    cmd.env("BROKER_TOKEN", raw);
     for name in settings.token_env.iter().chain(&args.env) {
         cmd.env(name, raw);
     }

@@ -209,37 +209,3 @@ fn a_connection_reset_mid_body_is_unavailable() {
     home.run(["token", "p"]).code(5);
     assert_eq!(home.cached_tokens(), 0);
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_proxy_environment_is_honoured() {
-    // The proxy (wiremock) answers for a host that does not exist; only a proxied request can succeed.
-    let proxy = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ok_body())
-        .mount(&proxy)
-        .await;
-    let home = Home::new();
-    profile(
-        &home,
-        "http://token.broker-test.invalid/token",
-        "allow_http = true\nretry = \"0s\"\n",
-    );
-    let via = |no_proxy: &str| {
-        Run::from(
-            home.cmd(["token", "p", "--no-cache"])
-                .env("HTTP_PROXY", proxy.uri())
-                .env("NO_PROXY", no_proxy)
-                .output()
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
-    };
-    assert_eq!(via("").success().stdout, "after-retry\n");
-    let received = proxy.received_requests().await.unwrap_or_default();
-    assert_eq!(
-        received[0].url.host_str(),
-        Some("token.broker-test.invalid"),
-        "the request went through the proxy"
-    );
-    via("token.broker-test.invalid").code(5);
-    assert_eq!(requests(&proxy).await, 1, "NO_PROXY bypasses the proxy");
-}

@@ -77,5 +77,36 @@ fn warm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, warm);
+/// A warm read of the disk cache (what every `broker token` process does) against `std::fs::read` of the same
+/// entry: the trust checks on the open file (contract: cache trust) must cost next to nothing.
+fn disk(c: &mut Criterion) {
+    use broker_core::cache::{DiskCache, Entry};
+    let dir = tempfile::tempdir().map_err(|e| e.to_string());
+    let Ok(dir) = dir else { return };
+    let cache = DiskCache::new(dir.path().join("broker"));
+    let key = CacheKey::from_parts([b"bench".as_slice()]);
+    let now = SystemTime::now();
+    let entry = Entry {
+        token: Some(AccessToken::new(
+            SecretString::from("x".repeat(900)),
+            "Bearer",
+            now,
+            now + Duration::from_secs(3600),
+        )),
+        endpoint: Some("https://idp.example/token".into()),
+        cooldown: None,
+    };
+    assert!(cache.write(&key, &entry, "p").is_ok(), "entry written");
+    let path = cache.dir().join(format!("{}.json", key.hex()));
+    let mut g = c.benchmark_group("disk");
+    g.bench_function("baseline: std::fs::read of the entry", |b| {
+        b.iter(|| black_box(std::fs::read(black_box(&path)).map(|v| v.len())))
+    });
+    g.bench_function("DiskCache::read (checked open + parse)", |b| {
+        b.iter(|| black_box(cache.read(black_box(&key))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, warm, disk);
 criterion_main!(benches);

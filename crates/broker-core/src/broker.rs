@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use tracing::Instrument;
 
 use crate::cache::{CacheKey, Cooldown, DiskCache, Entry};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{add_saturating, Clock, SystemClock};
 use crate::config::{CacheMode, Config, Overrides, Settings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kinds::HttpProvider;
@@ -42,6 +42,8 @@ pub struct Policy {
     pub retry: Duration,
     /// After a `rejected` answer the provider is not asked again for this long. Defaults to 30 seconds.
     pub cooldown: Duration,
+    /// No cool-down lasts longer than this, whatever the provider asks. Defaults to 1 hour.
+    pub max_cooldown: Duration,
     /// The header line a token goes in, with `{token}`. Defaults to `Authorization: Bearer {token}`.
     pub header: String,
 }
@@ -60,6 +62,7 @@ impl Default for Policy {
                 + crate::config::DEFAULT_CONNECT_TIMEOUT,
             retry: crate::config::DEFAULT_RETRY,
             cooldown: crate::config::DEFAULT_COOLDOWN,
+            max_cooldown: crate::config::DEFAULT_MAX_COOLDOWN,
             header: crate::config::DEFAULT_HEADER.to_owned(),
         }
     }
@@ -75,9 +78,13 @@ impl Policy {
                 max_ttl: s.max_ttl,
             },
             cache: s.cache,
-            lock_wait: s.retry + s.timeout + s.connect_timeout,
+            lock_wait: s
+                .retry
+                .saturating_add(s.timeout)
+                .saturating_add(s.connect_timeout),
             retry: s.retry,
             cooldown: s.cooldown,
+            max_cooldown: s.max_cooldown,
             header: s.header.clone(),
         }
     }
@@ -379,6 +386,14 @@ impl Broker {
             .flatten()
     }
 
+    /// The disk entry of `key`, if `p` caches on disk.
+    fn read_disk(&self, p: &Profile, key: &CacheKey) -> Result<Option<Entry>> {
+        match self.disk_for(p) {
+            Some(d) => d.read(key),
+            None => Ok(None),
+        }
+    }
+
     /// A fresh token from memory or disk, without asking the provider, building an HTTP client or
     /// needing a runtime. `None` when the provider must be asked.
     pub fn cached(&self, profile: &str, req: &TokenRequest) -> Result<Option<Arc<AccessToken>>> {
@@ -392,11 +407,7 @@ impl Broker {
         if let Some(t) = slot.fresh(now, min_ttl) {
             return Ok(Some(t));
         }
-        if let Some(token) = self
-            .disk_for(p)
-            .and_then(|d| d.read(key))
-            .and_then(|e| e.token)
-        {
+        if let Some(token) = self.read_disk(p, key)?.and_then(|e| e.token) {
             if token.is_fresh(now, min_ttl) {
                 let t = Arc::new(token);
                 slot.install(Arc::clone(&t));
@@ -458,7 +469,7 @@ impl Broker {
             Some(d) => {
                 if !req.skips_cache() {
                     if let Some(t) = self.adopt(
-                        d.read(key).and_then(|e| e.token),
+                        d.read(key)?.and_then(|e| e.token),
                         slot,
                         now,
                         min_ttl,
@@ -470,7 +481,7 @@ impl Broker {
                 }
                 let lock = d.lock(key, p.policy.lock_wait).await?;
                 let now = self.clock.now();
-                if let Some(e) = d.read(key) {
+                if let Some(e) = d.read(key)? {
                     if let Some(t) = self.adopt(
                         e.token.clone(),
                         slot,
@@ -526,10 +537,11 @@ impl Broker {
             Err(e) => {
                 let now = self.clock.now();
                 let until = match e.kind() {
-                    ErrorKind::Rejected => Some(now + p.policy.cooldown),
+                    ErrorKind::Rejected => Some(add_saturating(now, p.policy.cooldown)),
                     ErrorKind::Unavailable => e.retry_at().filter(|at| *at > now),
                     _ => None,
-                };
+                }
+                .map(|until| until.min(add_saturating(now, p.policy.max_cooldown)));
                 if let Some(until) = until {
                     // Remembered in memory and in the cache entry, so separate processes obey it too. The entry
                     // keeps whatever token it held: a failure never removes a still-valid token.
@@ -583,7 +595,7 @@ impl Broker {
                 Some(at) => at.duration_since(self.clock.now()).unwrap_or_default(),
                 None => backoff(attempt),
             };
-            if elapsed + wait > budget {
+            if elapsed.saturating_add(wait) > budget {
                 if e.retry_at().is_some() && !budget.is_zero() {
                     let msg = format!(
                         "{}; that is beyond the retry budget of {}",
@@ -677,7 +689,7 @@ impl Broker {
                 "profile `{}`: provider returned the same token; pausing refreshes for {pause:?}",
                 p.name
             );
-            token = token.with_refresh_not_before(Some(self.clock.now() + pause));
+            token = token.with_refresh_not_before(Some(add_saturating(self.clock.now(), pause)));
         }
         Ok((Arc::new(token), fetched.endpoint))
     }
@@ -686,12 +698,7 @@ impl Broker {
     pub fn cache_state(&self, profile: &str) -> Result<CacheState> {
         let p = self.profile(profile)?;
         let (key, slot) = self.keyed(p)?;
-        let best = match (
-            slot.get(),
-            self.disk_for(p)
-                .and_then(|d| d.read(key))
-                .and_then(|e| e.token),
-        ) {
+        let best = match (slot.get(), self.read_disk(p, key)?.and_then(|e| e.token)) {
             (Some(m), Some(d)) => Some(m.expires_at().max(d.expires_at())),
             (Some(m), None) => Some(m.expires_at()),
             (None, Some(d)) => Some(d.expires_at()),

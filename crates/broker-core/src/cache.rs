@@ -1,8 +1,9 @@
 //! The token cache on disk (contract §3): one versioned JSON entry per key, 0600 in a 0700 directory,
 //! written by temp file + fsync + rename + directory fsync, with a separate `.lock` file per key.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::paths::ensure_private_dir;
+use crate::paths::open_private_dir;
 use crate::token::AccessToken;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// The version written in every entry; other versions are ignored and replaced.
 pub const ENTRY_VERSION: u32 = 1;
@@ -102,6 +104,9 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     }
     let f: EntryFile = serde_json::from_value(v).map_err(|_| "malformed".to_owned())?;
     let token = match f.access_token.filter(|t| !t.is_empty()) {
+        Some(t) if !crate::token::printable(&t) || !crate::token::printable(&f.token_type) => {
+            return Err("a token with a control character".into())
+        }
         Some(t) => {
             let obtained = from_millis(f.obtained_at_ms).ok_or("bad obtained_at_ms")?;
             let expires = from_millis(f.expires_at_ms).ok_or("bad expires_at_ms")?;
@@ -161,8 +166,33 @@ pub struct KeyLock {
     _file: File,
 }
 
+/// Flags of every file opened in the cache directory: never through a symlink, never inherited by a child.
+fn at_flags() -> OFlags {
+    OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Why an open cache file may not be trusted (docs/security.md, "cache trust"), or `None` when it may: a
+/// regular file owned by the effective user and not writable by group or others.
+fn untrusted(file: &File) -> Option<String> {
+    let st = match rustix::fs::fstat(file) {
+        Ok(st) => st,
+        Err(e) => return Some(format!("cannot stat it: {e}")),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Some("not a regular file".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Some(format!("owned by uid {}, not by us", st.st_uid));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Some("writable by group or others".into());
+    }
+    None
+}
+
 impl DiskCache {
-    /// A cache in `dir`. Nothing is touched until the first write or lock.
+    /// A cache in `dir`. Nothing is touched until the first read, write or lock.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DiskCache { dir: dir.into() }
     }
@@ -172,40 +202,81 @@ impl DiskCache {
         &self.dir
     }
 
-    fn entry_path(&self, key: &CacheKey) -> PathBuf {
-        self.dir.join(format!("{}.json", key.hex()))
+    fn entry_name(key: &CacheKey) -> String {
+        format!("{}.json", key.hex())
     }
 
-    /// Reads the entry of `key`. A missing entry is `None`; a corrupt or unknown-version one is `None`
-    /// with a warning (the next write replaces it).
-    pub fn read(&self, key: &CacheKey) -> Option<Entry> {
-        let path = self.entry_path(key);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+    /// Opens the directory for writing: created if missing, ours, 0700.
+    fn open_dir(&self) -> Result<OwnedFd> {
+        open_private_dir(&self.dir, true)?
+            .ok_or_else(|| Error::internal(format!("cannot create {}", self.dir.display())))
+    }
+
+    /// Reads the entry of `key`. A missing entry is `Ok(None)`; a corrupt, unknown-version or untrusted one
+    /// (a symlink, another user's file, a file others can write) is `Ok(None)` with a warning, and the next write
+    /// replaces it. A cache directory that is not a directory of ours is an error: nothing in it is trusted.
+    pub fn read(&self, key: &CacheKey) -> Result<Option<Entry>> {
+        let Some(dir) = open_private_dir(&self.dir, false)? else {
+            return Ok(None);
+        };
+        let name = Self::entry_name(key);
+        let shown = || self.dir.join(&name).display().to_string();
+        let file = match rustix::fs::openat(&dir, &name, OFlags::RDONLY | at_flags(), Mode::empty())
+        {
+            Ok(fd) => File::from(fd),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => {
-                tracing::warn!("cannot read cache entry {}: {e}", path.display());
-                return None;
+                tracing::warn!(
+                    "ignoring cache entry {} ({e}); it will be replaced",
+                    shown()
+                );
+                return Ok(None);
             }
         };
+        if let Some(why) = untrusted(&file) {
+            tracing::warn!(
+                "ignoring cache entry {} ({why}); it will be replaced",
+                shown()
+            );
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(2048);
+        if let Err(e) = (&file).take(BODY_LIMIT).read_to_end(&mut bytes) {
+            tracing::warn!("cannot read cache entry {}: {e}", shown());
+            return Ok(None);
+        }
         match decode_entry(&bytes) {
-            Ok(e) => Some(e),
+            Ok(e) => Ok(Some(e)),
             Err(why) => {
                 tracing::warn!(
                     "ignoring cache entry {} ({why}); it will be replaced",
-                    path.display()
+                    shown()
                 );
-                None
+                Ok(None)
             }
         }
     }
 
     /// Takes the cross-process lock of `key`, waiting at most `wait`.
     pub async fn lock(&self, key: &CacheKey, wait: Duration) -> Result<KeyLock> {
-        ensure_private_dir(&self.dir)?;
-        let path = self.dir.join(format!("{}.lock", key.hex()));
-        let file = open_lock_file(&path)?;
-        let deadline = Instant::now() + wait;
+        let dir = self.open_dir()?;
+        let name = format!("{}.lock", key.hex());
+        let path = self.dir.join(&name);
+        let file = rustix::fs::openat(
+            &dir,
+            &name,
+            OFlags::RDWR | OFlags::CREATE | at_flags(),
+            Mode::from_raw_mode(0o600),
+        )
+        .map(File::from)
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))?;
+        if let Some(why) = untrusted(&file) {
+            return Err(Error::internal(format!(
+                "refusing to lock {} ({why}): remove it",
+                path.display()
+            )));
+        }
+        let deadline = crate::clock::instant_after(wait);
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(KeyLock { _file: file }),
@@ -229,80 +300,87 @@ impl DiskCache {
         }
     }
 
-    /// Writes the entry of `key` atomically. Call with the key's lock held: the temp file has one fixed name per
-    /// key (`<key>.tmp`), so a writer that died mid-write leaves at most one, which the next write truncates and
-    /// renames. No directory scan: a write costs the same with ten entries or ten thousand.
+    /// Writes the entry of `key` atomically: a temp file created with `O_EXCL | O_NOFOLLOW` (a stray one, of a
+    /// writer that died, is unlinked first: unlinking never follows a symlink), fsync, rename, directory fsync.
+    /// Call with the key's lock held: the temp file has one fixed name per key (`<key>.tmp`), so no directory scan
+    /// is needed and a write costs the same with ten entries or ten thousand.
     pub fn write(&self, key: &CacheKey, entry: &Entry, profile: &str) -> Result<()> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        ensure_private_dir(&self.dir)?;
+        let dir = self.open_dir()?;
         let io = |e: std::io::Error| {
             Error::internal(format!(
                 "cannot write cache entry in {}: {e}",
                 self.dir.display()
             ))
         };
-        let tmp_path = self.dir.join(format!("{}.tmp", key.hex()));
-        let mut tmp = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp_path)
-            .map_err(io)?;
-        // A stray left by an older version may have another mode: ours is always 0600.
-        tmp.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
+        let tmp_name = format!("{}.tmp", key.hex());
+        let create = || {
+            rustix::fs::openat(
+                &dir,
+                &tmp_name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | at_flags(),
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        let fd = match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                rustix::fs::unlinkat(&dir, &tmp_name, AtFlags::empty())
+                    .map_err(|e| io(e.into()))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| io(e.into()))?;
+        let mut tmp = File::from(fd);
         tmp.write_all(&encode_entry(entry, profile)).map_err(io)?;
         tmp.sync_all().map_err(io)?;
-        fs::rename(&tmp_path, self.entry_path(key)).map_err(io)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        rustix::fs::renameat(&dir, &tmp_name, &dir, Self::entry_name(key))
+            .map_err(|e| io(e.into()))?;
+        rustix::fs::fsync(&dir).map_err(|e| io(e.into()))?;
         Ok(())
     }
 
-    /// Removes the entry of `key` (and its lock file). Returns whether an entry was there.
+    /// Removes the entry of `key`; its lock file stays, so a process holding or waiting for the lock and one that
+    /// comes later always lock the same inode. Returns whether an entry was there.
     pub fn remove(&self, key: &CacheKey) -> Result<bool> {
-        let stem = key.hex();
-        let _ = fs::remove_file(self.dir.join(format!("{stem}.lock")));
-        match fs::remove_file(self.entry_path(key)) {
+        let Some(dir) = open_private_dir(&self.dir, false)? else {
+            return Ok(false);
+        };
+        match rustix::fs::unlinkat(&dir, Self::entry_name(key), AtFlags::empty()) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
             Err(e) => Err(Error::internal(format!("cannot remove cache entry: {e}"))),
         }
     }
 
-    /// Removes every entry, lock and temp file. Returns the number of entries removed.
+    /// Removes every entry and stray temp file, keeping the lock files (see [`DiskCache::remove`]). Returns the
+    /// number of entries removed.
     pub fn clear(&self) -> Result<usize> {
-        let mut n = 0;
-        let Ok(dir) = fs::read_dir(&self.dir) else {
+        let Some(dir) = open_private_dir(&self.dir, false)? else {
             return Ok(0);
         };
-        for e in dir.flatten() {
+        let mut n = 0;
+        let names = fs::read_dir(&self.dir)
+            .map_err(|e| Error::internal(format!("cannot list {}: {e}", self.dir.display())))?;
+        for e in names.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let ours = name.len() > 64 && name[..64].bytes().all(|b| b.is_ascii_hexdigit());
-            if ours && e.path().is_file() {
-                fs::remove_file(e.path())
-                    .map_err(|err| Error::internal(format!("cannot remove {name}: {err}")))?;
-                n += usize::from(name.ends_with(".json"));
+            let entry = name.ends_with(".json");
+            if ours && (entry || name.ends_with(".tmp")) {
+                match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
+                    Ok(()) => n += usize::from(entry),
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(err) => {
+                        return Err(Error::internal(format!("cannot remove {name}: {err}")))
+                    }
+                }
             }
         }
         Ok(n)
     }
 }
 
-/// Opens (creating 0600) a lock file; its contents are never used.
-fn open_lock_file(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))
-}
+/// The most of an entry file that is read: entries are a few KB; anything larger is not ours.
+const BODY_LIMIT: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -334,7 +412,7 @@ mod tests {
             },
             "p",
         )?;
-        let back = cache.read(&key).ok_or("no entry")?;
+        let back = cache.read(&key)?.ok_or("no entry")?;
         let t = back.token.as_ref().ok_or("no token")?;
         assert_eq!(t.secret().expose_secret(), "tok");
         assert_eq!(t.expires_at(), now + Duration::from_secs(300));
@@ -346,7 +424,7 @@ mod tests {
         );
         let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode(cache.dir())?, 0o700);
-        assert_eq!(mode(&cache.entry_path(&key))?, 0o600);
+        assert_eq!(mode(&cache.dir().join(DiskCache::entry_name(&key)))?, 0o600);
         Ok(())
     }
 
@@ -355,10 +433,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let cache = DiskCache::new(dir.path());
         let key = CacheKey::from_parts([b"a".as_slice()]);
-        fs::write(cache.entry_path(&key), b"{not json")?;
-        assert!(cache.read(&key).is_none());
-        fs::write(cache.entry_path(&key), br#"{"version":99}"#)?;
-        assert!(cache.read(&key).is_none());
+        fs::write(cache.dir().join(DiskCache::entry_name(&key)), b"{not json")?;
+        assert!(cache.read(&key)?.is_none());
+        fs::write(
+            cache.dir().join(DiskCache::entry_name(&key)),
+            br#"{"version":99}"#,
+        )?;
+        assert!(cache.read(&key)?.is_none());
         Ok(())
     }
 
@@ -368,7 +449,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let cache = DiskCache::new(dir.path().join("broker"));
         let key = CacheKey::from_parts([b"a".as_slice()]);
-        ensure_private_dir(cache.dir())?;
+        crate::paths::ensure_private_dir(cache.dir())?;
         // What a writer killed mid-write leaves (and an older version may have left it readable).
         let stray = cache.dir().join(format!("{}.tmp", key.hex()));
         fs::write(&stray, b"{\"version\":1,\"tok")?;
@@ -380,9 +461,12 @@ mod tests {
         };
         cache.write(&key, &entry, "p")?;
         assert!(!stray.exists(), "the stray temp file is still there");
-        let back = cache.read(&key).ok_or("no entry")?;
+        let back = cache.read(&key)?.ok_or("no entry")?;
         assert_eq!(back.endpoint.as_deref(), Some("https://x/token"));
-        let mode = fs::metadata(cache.entry_path(&key))?.permissions().mode() & 0o777;
+        let mode = fs::metadata(cache.dir().join(DiskCache::entry_name(&key)))?
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         Ok(())
     }

@@ -78,6 +78,25 @@ pub fn from_unix(secs: f64) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs))
 }
 
+/// A century: what "later than anything" saturates to.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `t + d`, saturating instead of panicking: every time addition with an outside value (a `Retry-After`, a
+/// configured duration) goes through here.
+pub fn add_saturating(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(FOREVER))
+        .unwrap_or(t)
+}
+
+/// `Instant::now() + d`, saturating like [`add_saturating`].
+pub fn instant_after(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FOREVER))
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,8 @@ impl SourceFile {
         (line, before[line_start..].chars().count() + 1)
     }
 
-    /// An error pointing at `span` in this file, drawn with the source line and a caret.
+    /// An error pointing at `span` in this file, drawn with the source line and a caret. The line is shown with the
+    /// values of `client_secret`, `client_id` and `private_key` literals replaced by `[redacted]`.
     pub fn error(
         &self,
         span: Range<usize>,
@@ -52,13 +53,14 @@ impl SourceFile {
             .lines()
             .next()
             .map_or(1, |s| s.chars().count().max(1));
+        let (text, caret_col, width) = redact_line(text, col - 1, width);
         let gutter = line.to_string().len();
         let mut msg = format!(
             "{}:{line}:{col}: {message}\n{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}",
             self.name,
             "",
             "",
-            " ".repeat(col - 1),
+            " ".repeat(caret_col),
             "^".repeat(width)
         );
         if let Some(h) = hint {
@@ -66,6 +68,76 @@ impl SourceFile {
         }
         Error::config(msg)
     }
+}
+
+/// Keys whose literal values never appear in an error's source excerpt.
+const SECRET_KEYS: [&str; 3] = ["client_secret", "client_id", "private_key"];
+
+/// `line` with the string value of every [`SECRET_KEYS`] literal replaced by `[redacted]` (to the end of the line
+/// when its closing quote is missing), and the caret (0-based column and width, in characters) moved to match.
+fn redact_line(line: &str, mut col: usize, mut width: usize) -> (String, usize, usize) {
+    const MARK: &str = "[redacted]";
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    let mut shift: isize = 0;
+    while i < chars.len() {
+        let rest: String = chars[i..].iter().collect();
+        let Some(key) = SECRET_KEYS.iter().find(|k| rest.starts_with(*k)) else {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        };
+        // key, optional closing quote of a quoted key, spaces, `=`, spaces, an opening quote.
+        let mut j = i + key.len();
+        let skip = |j: &mut usize, what: &dyn Fn(char) -> bool| {
+            while *j < chars.len() && what(chars[*j]) {
+                *j += 1;
+            }
+        };
+        skip(&mut j, &|c| c == '"' || c == '\'' || c == ' ' || c == '\t');
+        let value_start = if chars.get(j) == Some(&'=') {
+            j += 1;
+            skip(&mut j, &|c| c == ' ' || c == '\t');
+            matches!(chars.get(j), Some('"' | '\'')).then_some(j)
+        } else {
+            None
+        };
+        let Some(open) = value_start else {
+            out.extend(&chars[i..j]);
+            i = j;
+            continue;
+        };
+        let quote = chars[open];
+        let mut close = open + 1;
+        while close < chars.len() && chars[close] != quote {
+            close += if quote == '"' && chars[close] == '\\' {
+                2
+            } else {
+                1
+            };
+        }
+        let close = close.min(chars.len());
+        out.extend(&chars[i..=open]);
+        out.push_str(MARK);
+        let (from, to) = (open + 1, close);
+        let delta = MARK.len() as isize - (to - from) as isize;
+        let at = (col as isize - shift) as usize; // the caret, in original columns
+        if at >= from && at < to.max(from + 1) {
+            col = (from as isize + shift) as usize;
+            width = MARK.len();
+        } else if at >= to {
+            col = (col as isize + delta) as usize;
+        } else if at + width > from {
+            width = from - at + MARK.len();
+        }
+        shift += delta;
+        if close < chars.len() {
+            out.push(quote);
+        }
+        i = close + 1;
+    }
+    (out, col, width)
 }
 
 /// Where a value was written: a file and a span, or the command line.
@@ -286,6 +358,10 @@ pub struct Sink {
     pub format: String,
     /// File mode; default 0600.
     pub mode: u32,
+    /// The file's owner, a user name or a numeric uid (a daemon running as root writes for another user).
+    pub owner: Option<String>,
+    /// The file's group, a group name or a numeric gid.
+    pub group: Option<String>,
 }
 
 fn p_sink(cx: &Ctx, key: &str, v: &Val) -> Result<Sink> {
@@ -294,6 +370,8 @@ fn p_sink(cx: &Ctx, key: &str, v: &Val) -> Result<Sink> {
         path: PathBuf::new(),
         format: "token".into(),
         mode: 0o600,
+        owner: None,
+        group: None,
     };
     for (k, val) in t.iter() {
         match k.get_ref().as_ref() {
@@ -314,7 +392,25 @@ fn p_sink(cx: &Ctx, key: &str, v: &Val) -> Result<Sink> {
                     .filter(|m| *m <= 0o777 && m & 0o022 == 0)
                     .ok_or_else(|| cx.err(val.span(), "`mode` must be an octal file mode no one else can write, like \"0600\" or \"0640\"", None))?;
             }
-            _ => return Err(cx.unknown_key(k, &["path", "format", "mode"], "a sink")),
+            which @ ("owner" | "group") => {
+                let id = match val.get_ref() {
+                    DeValue::Integer(i) => i.as_str().to_owned(),
+                    DeValue::String(s) if !s.is_empty() => s.to_string(),
+                    _ => return Err(cx.wrong_type(which, val, "a name or a number")),
+                };
+                if which == "owner" {
+                    sink.owner = Some(id);
+                } else {
+                    sink.group = Some(id);
+                }
+            }
+            _ => {
+                return Err(cx.unknown_key(
+                    k,
+                    &["path", "format", "mode", "owner", "group"],
+                    "a sink",
+                ))
+            }
         }
     }
     if sink.path.as_os_str().is_empty() {
@@ -587,6 +683,8 @@ fields! {
     retry: Duration => p_duration,
     /// Pause after a rejection.
     cooldown: Duration => p_duration,
+    /// Longest cool-down, whatever a provider's `Retry-After` asks.
+    max_cooldown: Duration => p_duration,
     /// Extra PEM roots.
     ca_file: PathBuf => p_path,
     /// Permit `http://` for a non-loopback token URL.
@@ -745,6 +843,8 @@ pub struct Settings {
     pub retry: Duration,
     /// Default 30 s: after a rejection the provider is not asked again for this long.
     pub cooldown: Duration,
+    /// Default 1 h: the longest cool-down, whatever a provider's `Retry-After` asks.
+    pub max_cooldown: Duration,
     /// Extra PEM roots.
     pub ca_file: Option<PathBuf>,
     /// Permit plain HTTP to a non-loopback host.
@@ -769,6 +869,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(30);
 /// Default cool-down after a rejection.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Default `max_cooldown`.
+pub const DEFAULT_MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 /// Default header template.
 pub const DEFAULT_HEADER: &str = "Authorization: Bearer {token}";
 
@@ -946,9 +1048,42 @@ fn warn_if_exposed(file: &SourceFile) {
     }
 }
 
+/// Reads a config or provider file the user trusts (docs/security.md, "trust in files"): one that another user
+/// (other than root) owns, or that others may write, could plant a `{ command }` that then runs as this user, so it
+/// is refused, naming the command that fixes it. A group-writable file gets a warning.
 fn read_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    let me = rustix::process::geteuid().as_raw();
+    let shown = path.display();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(Error::config(format!(
+            "{shown} belongs to uid {}, not to you (uid {me}): refusing to load it, since its owner could make \
+             broker run commands as you; if you trust it, take it over: `chown {me} {shown}`",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(Error::config(format!(
+            "{shown} is writable by others: refusing to load it, since anyone could make broker run commands as \
+             you; fix it with `chmod o-w {shown}`"
+        )));
+    }
+    if meta.mode() & 0o020 != 0 {
+        tracing::warn!(
+            "{shown} is writable by its group: its members could make broker run commands as you; `chmod g-w \
+             {shown}` unless that is intended"
+        );
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::config(format!("cannot read {shown}: {e}")))?;
+    Ok(text)
 }
 
 impl LoadOptions {
@@ -1198,7 +1333,8 @@ impl Config {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -1314,6 +1450,7 @@ fn settle(
         connect_timeout: val(&f.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         retry: val(&f.retry).unwrap_or(DEFAULT_RETRY),
         cooldown: val(&f.cooldown).unwrap_or(DEFAULT_COOLDOWN),
+        max_cooldown: val(&f.max_cooldown).unwrap_or(DEFAULT_MAX_COOLDOWN),
         ca_file: val(&f.ca_file),
         allow_http,
         git_hosts: val(&f.git_hosts).unwrap_or_default(),
@@ -1415,6 +1552,7 @@ impl Settings {
             ("connect_timeout", d(self.connect_timeout)),
             ("retry", d(self.retry)),
             ("cooldown", d(self.cooldown)),
+            ("max_cooldown", d(self.max_cooldown)),
             (
                 "ca_file",
                 self.ca_file
@@ -1575,6 +1713,44 @@ max_ttl = "2h"
         let ok = load("", "[profiles.x]\nkind = \"oauth2\"\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"a\"\nclient_secret = \"b\"\n")
             .and_then(|c| c.resolve("x", &Overrides::default()));
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn excerpts_never_show_a_literal_secret() {
+        let check = |line: &str, col: usize, width: usize, want: (&str, usize, usize)| {
+            let (l, c, w) = redact_line(line, col, width);
+            assert_eq!((l.as_str(), c, w), want, "{line}");
+        };
+        check(
+            r#"client_secret = "hunter2", bogus = 1"#,
+            27,
+            5,
+            (r#"client_secret = "[redacted]", bogus = 1"#, 30, 5),
+        );
+        check(
+            r#"client_id = 'abc"#,
+            12,
+            4,
+            (r#"client_id = '[redacted]"#, 12, 11),
+        );
+        check(
+            r#""private_key"="a\"b" x"#,
+            0,
+            1,
+            (r#""private_key"="[redacted]" x"#, 0, 1),
+        );
+        check(
+            "client_secret = { env = \"X\" }",
+            0,
+            1,
+            ("client_secret = { env = \"X\" }", 0, 1),
+        );
+        let err =
+            Config::parse("[profiles.p]\nkind = \"oauth2\"\nclient_secret = \"hunter2\nx = 1\n")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -132,6 +132,13 @@ impl Error {
         self
     }
 
+    /// Replaces every occurrence of each of `secrets` in the message with `[redacted]` (docs/security.md,
+    /// "provider text"): for a provider that echoes the request back.
+    pub fn redacted(mut self, secrets: &[String]) -> Self {
+        self.message = crate::http::redact(&self.message, secrets);
+        self
+    }
+
     /// Puts `context` in front of the message: `context: message`.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
         self.message = format!("{context}: {}", self.message);

@@ -14,12 +14,19 @@ use crate::token::{oauth_error_text, parse_response, TokenResponse};
 pub const BODY_CAP: usize = 1 << 20;
 
 /// Builds the client used for token requests. Called only when a fetch is needed, never on a cache hit.
+/// `plain_http`: the client for `http://` URLs, which never goes through a proxy (a proxy would see the secret in
+/// clear; docs/security.md).
 pub fn build_client(
     timeout: Duration,
     connect_timeout: Duration,
     ca_file: Option<&Path>,
+    plain_http: bool,
 ) -> Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
+    let mut b = reqwest::Client::builder();
+    if plain_http {
+        b = b.no_proxy();
+    }
+    let mut b = b
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(connect_timeout)
@@ -107,7 +114,7 @@ pub fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
     };
     if let Some(v) = get("retry-after") {
         if let Ok(secs) = v.parse::<u64>() {
-            return Some(now + Duration::from_secs(secs));
+            return Some(crate::clock::add_saturating(now, Duration::from_secs(secs)));
         }
         if let Ok(t) = httpdate::parse_http_date(v) {
             return Some(t);
@@ -144,6 +151,7 @@ pub fn classify(answer: &Answer, now: SystemTime) -> Result<TokenResponse> {
                 .get("location")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("?");
+            let to = provider_text(to);
             Err(Error::bad_response(format!(
                 "HTTP {status} redirect to {to}, not followed (a redirected POST would carry the secret elsewhere)"
             )))
@@ -192,6 +200,40 @@ fn oauth_error(body: &[u8]) -> Option<String> {
     Some(oauth_error_text(&obj, err))
 }
 
+/// How much of a provider's text is shown (docs/security.md, "provider text").
+pub const PROVIDER_TEXT_MAX: usize = 300;
+
+/// Provider text made safe to show: control characters (and other non-printing ones) escaped, cut at
+/// [`PROVIDER_TEXT_MAX`] characters. Secrets are redacted later, by whoever knows them ([`redact`]).
+pub fn provider_text(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == PROVIDER_TEXT_MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Replaces every occurrence of each non-empty `needle` in `text` with `[redacted]`.
+pub fn redact(text: &str, needles: &[String]) -> String {
+    let mut out = text.to_owned();
+    for n in needles.iter().filter(|n| !n.is_empty()) {
+        if out.contains(n.as_str()) {
+            out = out.replace(n.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +270,32 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_900))
         );
         assert_eq!(retry_at(&headers(&[("retry-after", "soon")]), now), None);
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn provider_text_is_escaped_and_cut() {
+        assert_eq!(provider_text("a\x1b[31mb\r\nc"), "a\\u{1b}[31mb\\r\\nc");
+        let long = "x".repeat(1000);
+        assert_eq!(provider_text(&long).chars().count(), PROVIDER_TEXT_MAX + 3);
+        assert_eq!(
+            redact("id s3cret s3cret", &["s3cret".into(), String::new()]),
+            "id [redacted] [redacted]"
+        );
+    }
+
+    #[test]
+    fn a_huge_retry_after_saturates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            reqwest::header::HeaderValue::from_static("18446744073709551615"),
+        );
+        assert!(retry_at(&h, now).is_some_and(|t| t > now));
     }
 }

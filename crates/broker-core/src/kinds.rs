@@ -40,8 +40,9 @@ pub fn basic_credentials(id: &str, secret: &str) -> String {
     )
 }
 
-/// What makes two token clients different: timeout, connect timeout, `ca_file`.
-type ClientKey = (Duration, Duration, Option<PathBuf>);
+/// What makes two token clients different: timeout, connect timeout, `ca_file`, and whether it is the client for
+/// plain `http://` URLs (which never uses a proxy).
+type ClientKey = (Duration, Duration, Option<PathBuf>, bool);
 
 /// HTTP clients shared by providers, one per [`ClientKey`].
 #[derive(Default)]
@@ -55,8 +56,8 @@ impl ClientPool {
         if let Some(c) = clients.get(key) {
             return Ok(c.clone());
         }
-        let (timeout, connect_timeout, ca_file) = key;
-        let c = build_client(*timeout, *connect_timeout, ca_file.as_deref())?;
+        let (timeout, connect_timeout, ca_file, plain_http) = key;
+        let c = build_client(*timeout, *connect_timeout, ca_file.as_deref(), *plain_http)?;
         clients.insert(key.clone(), c.clone());
         Ok(c)
     }
@@ -77,8 +78,12 @@ pub struct HttpProvider {
     body: BodyFormat,
     /// Request parameters other than credentials, sorted.
     params: Vec<(String, String)>,
+    /// Plain `http://` to a host other than this machine is allowed (`allow_http`).
+    allow_http: bool,
+    /// The pool key of the https client; the plain-http one differs only in its last part.
     client_key: ClientKey,
     client: OnceLock<reqwest::Client>,
+    plain_client: OnceLock<reqwest::Client>,
     pool: Arc<ClientPool>,
     /// The endpoint learned in this process (discovery, or the other Keycloak layout).
     learned: Mutex<Option<String>>,
@@ -127,8 +132,10 @@ impl HttpProvider {
             auth: s.auth,
             body: s.body,
             params,
-            client_key: (s.timeout, s.connect_timeout, s.ca_file),
+            allow_http: s.allow_http,
+            client_key: (s.timeout, s.connect_timeout, s.ca_file, false),
             client: OnceLock::new(),
+            plain_client: OnceLock::new(),
             pool: Arc::default(),
             learned: Mutex::new(None),
         }
@@ -141,18 +148,55 @@ impl HttpProvider {
         self
     }
 
-    /// Uses the caller's `reqwest::Client` instead of building one (it should not follow redirects).
+    /// Uses the caller's `reqwest::Client` instead of building one (it should not follow redirects, and should
+    /// not send plain `http://` requests through a proxy).
     pub fn with_client(self, client: reqwest::Client) -> Self {
-        let _ = self.client.set(client);
+        let _ = self.client.set(client.clone());
+        let _ = self.plain_client.set(client);
         self
     }
 
-    fn client(&self) -> Result<&reqwest::Client> {
-        if let Some(c) = self.client.get() {
+    /// The client for `url`: plain `http://` goes through a client that ignores proxy settings, so the secret
+    /// is never handed to a proxy in clear.
+    fn client_for(&self, url: &str) -> Result<&reqwest::Client> {
+        let plain = url.starts_with("http://");
+        let cell = if plain {
+            &self.plain_client
+        } else {
+            &self.client
+        };
+        if let Some(c) = cell.get() {
             return Ok(c);
         }
-        let c = self.pool.get(&self.client_key)?;
-        Ok(self.client.get_or_init(|| c))
+        let mut key = self.client_key.clone();
+        key.3 = plain;
+        let c = self.pool.get(&key)?;
+        Ok(cell.get_or_init(|| c))
+    }
+
+    /// Whether `url` may carry the secret: https, or http to this machine or with `allow_http`.
+    fn secure_enough(&self, url: &url::Url) -> bool {
+        match url.scheme() {
+            "https" => true,
+            "http" => self.allow_http || crate::config::is_loopback(url),
+            _ => false,
+        }
+    }
+
+    /// Whether an endpoint remembered in a cache entry is one this configuration leads to (docs/security.md,
+    /// "remembered endpoints"): it passes the URL checks of a configured one, and has the configured origin (the
+    /// Keycloak server's, or the issuer's). A discovery document may name another origin; such an endpoint is not
+    /// taken from the cache but discovered again.
+    fn trusted_hint(&self, hint: &str) -> bool {
+        let Ok(url) = url::Url::parse(hint) else {
+            return false;
+        };
+        let origin = match &self.endpoint {
+            TokenEndpoint::Keycloak { server, .. } => server.origin(),
+            TokenEndpoint::Discover(issuer) => issuer.origin(),
+            TokenEndpoint::Url(_) | TokenEndpoint::Missing => return false,
+        };
+        self.secure_enough(&url) && url.origin() == origin
     }
 
     fn learned(&self) -> Option<String> {
@@ -171,7 +215,19 @@ impl HttpProvider {
             return Ok(e);
         }
         // `token_url` wins; then what an earlier process learned (kept in the cache entry).
-        match (&self.endpoint, cx.endpoint_hint) {
+        let hint = cx.endpoint_hint.filter(|h| {
+            let ok = self.trusted_hint(h);
+            if !ok {
+                tracing::warn!(
+                    "{}: ignoring the token endpoint remembered in the cache ({}): the configuration does not lead \
+                     there",
+                    self.label,
+                    crate::http::provider_text(h)
+                );
+            }
+            ok
+        });
+        match (&self.endpoint, hint) {
             (TokenEndpoint::Url(u), _) => Ok(u.clone()),
             (_, Some(hint)) => Ok(hint.to_owned()),
             (TokenEndpoint::Keycloak { .. }, None) => Ok(self.endpoint.configured()),
@@ -198,15 +254,21 @@ impl HttpProvider {
         ];
         let mut last = None;
         for url in candidates {
-            let answer = send(self.client()?.get(&url))
+            let answer = send(self.client_for(&url)?.get(&url))
                 .await
                 .map_err(|e| e.context(format!("discovery {url}")))?;
             if answer.status == 200 {
                 let doc: Value = serde_json::from_slice(&answer.body).map_err(|_| {
                     Error::bad_response(format!("discovery {url}: the body is not JSON"))
                 })?;
-                return match doc.get("token_endpoint").and_then(Value::as_str) {
-                    Some(t) if url::Url::parse(t).is_ok() => Ok(t.to_owned()),
+                let named = doc.get("token_endpoint").and_then(Value::as_str);
+                return match named.map(|t| (t, url::Url::parse(t))) {
+                    Some((t, Ok(u))) if self.secure_enough(&u) => Ok(t.to_owned()),
+                    Some((t, Ok(_))) => Err(Error::bad_response(format!(
+                        "discovery {url}: `token_endpoint` {} is not https (plain http is allowed only to this \
+                         machine, or with `allow_http = true`)",
+                        crate::http::provider_text(t)
+                    ))),
                     _ => Err(Error::bad_response(format!(
                         "discovery {url}: no valid `token_endpoint`"
                     ))),
@@ -228,7 +290,7 @@ impl HttpProvider {
     ) -> Result<crate::http::Answer> {
         let mut fields = self.params.clone();
         let mut req = self
-            .client()?
+            .client_for(endpoint)?
             .post(endpoint)
             .header("accept", "application/json");
         match self.auth {
@@ -324,7 +386,6 @@ impl Provider for HttpProvider {
     }
 
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
-        let label = &self.label;
         let id = self
             .client_id
             .resolve_async()
@@ -335,17 +396,47 @@ impl Provider for HttpProvider {
             .resolve_async()
             .await
             .map_err(|e| e.context(self.source_context(1)))?;
+        self.fetch_with(cx, &id, &secret)
+            .await
+            .map_err(|e| e.redacted(&secret_forms(&id, &secret)))
+    }
+}
+
+/// The forms a client secret can take on the wire, for redaction from provider text (docs/security.md): raw,
+/// percent-encoded, form-encoded, JSON-escaped, and the whole `Basic` credentials.
+fn secret_forms(id: &SecretString, secret: &SecretString) -> Vec<String> {
+    let raw = secret.expose_secret();
+    let basic = basic_credentials(id.expose_secret(), raw);
+    vec![
+        raw.to_owned(),
+        utf8_percent_encode(raw, BASIC_SET).to_string(),
+        url::form_urlencoded::byte_serialize(raw.as_bytes()).collect(),
+        serde_json::to_string(raw)
+            .map(|j| j.trim_matches('"').to_owned())
+            .unwrap_or_default(),
+        basic.trim_start_matches("Basic ").to_owned(),
+    ]
+}
+
+impl HttpProvider {
+    async fn fetch_with(
+        &self,
+        cx: &FetchContext<'_>,
+        id: &SecretString,
+        secret: &SecretString,
+    ) -> Result<Fetched> {
+        let label = &self.label;
         let endpoint = self.endpoint(cx).await.map_err(|e| e.context(label))?;
         let requested_at = cx.clock.now();
         let answer = self
-            .post(&endpoint, &id, &secret)
+            .post(&endpoint, id, secret)
             .await
             .map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
         let (endpoint, requested_at, answer) = match (answer.status, self.other_layout(&endpoint)) {
             (404, Some((other, legacy))) => {
                 let requested_at = cx.clock.now();
                 let second = self
-                    .post(&other, &id, &secret)
+                    .post(&other, id, secret)
                     .await
                     .map_err(|e| e.context(format!("{label}: POST {other}")))?;
                 if second.status != 404 {

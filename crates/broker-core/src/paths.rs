@@ -2,7 +2,8 @@
 //! reads the process environment.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -52,30 +53,56 @@ pub fn runtime_dir() -> Option<PathBuf> {
 
 /// Creates `dir` (and parents) if missing and makes sure it is ours and mode 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let meta = fs::metadata(dir)
+    open_private_dir(dir, true).map(drop)
+}
+
+/// Opens `dir` (creating it 0700 when `create` and it is missing) without following a symlink, and checks the
+/// open directory (docs/security.md, "cache trust"): it must be a real directory owned by the effective user. One
+/// that belongs to someone else is refused, never chmod-ed or written into; one of ours with group or other
+/// access is tightened to 0700 through the descriptor. `Ok(None)` when it is missing and `create` is false.
+///
+/// Everything under it is then opened relative to the returned descriptor (`openat`), so a directory swapped
+/// for a symlink after this check is never followed.
+pub fn open_private_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) if create => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+            rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| dir_error(dir, e))?
+        }
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(dir_error(dir, e)),
+    };
+    let st = rustix::fs::fstat(&fd)
         .map_err(|e| Error::internal(format!("cannot read {}: {e}", dir.display())))?;
-    if !meta.is_dir() {
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
         return Err(Error::internal(format!(
-            "{} is not a directory",
-            dir.display()
+            "{} belongs to uid {}, not to us (uid {me}): refusing to use it; point XDG_CACHE_HOME (or \
+             XDG_RUNTIME_DIR) at a directory of your own",
+            dir.display(),
+            st.st_uid
         )));
     }
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-        return Err(Error::internal(format!(
-            "{} belongs to another user",
-            dir.display()
-        )));
-    }
-    if meta.mode() & 0o777 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    if st.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
             .map_err(|e| Error::internal(format!("cannot chmod 0700 {}: {e}", dir.display())))?;
     }
-    Ok(())
+    Ok(Some(fd))
+}
+
+fn dir_error(dir: &Path, e: rustix::io::Errno) -> Error {
+    match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => Error::internal(format!(
+            "{} is a symlink or not a directory: refusing to use it",
+            dir.display()
+        )),
+        e => Error::internal(format!("cannot open {}: {e}", dir.display())),
+    }
 }

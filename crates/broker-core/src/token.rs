@@ -8,7 +8,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
-use crate::clock::from_unix;
+use crate::clock::{add_saturating, from_unix};
 
 /// Clocks that disagree by more than this are reported (contract §2).
 pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(60);
@@ -168,6 +168,11 @@ pub fn parse_response(body: &[u8]) -> Result<TokenResponse, String> {
         ));
     }
     let access_token = match obj.get("access_token") {
+        Some(Value::String(s)) if !printable(s) => {
+            return Err(
+                "`access_token` holds a control character or a byte outside printable ASCII".into(),
+            )
+        }
         Some(Value::String(s)) if !s.is_empty() => SecretString::from(s.clone()),
         Some(Value::String(_)) => return Err("`access_token` is empty".into()),
         Some(_) => return Err("`access_token` is not a string".into()),
@@ -176,7 +181,12 @@ pub fn parse_response(body: &[u8]) -> Result<TokenResponse, String> {
     let token_type = match obj.get("token_type") {
         None | Some(Value::Null) => None,
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => Some(t.clone()),
-        Some(Value::String(t)) => return Err(format!("`token_type` is `{t}`, not bearer")),
+        Some(Value::String(t)) => {
+            return Err(format!(
+                "`token_type` is `{}`, not bearer",
+                crate::http::provider_text(t)
+            ))
+        }
         Some(_) => return Err("`token_type` is not a string".into()),
     };
     let expires_in = match obj.get("expires_in") {
@@ -203,15 +213,21 @@ pub fn parse_response(body: &[u8]) -> Result<TokenResponse, String> {
     })
 }
 
+/// Whether `s` is made only of printable ASCII (0x20-0x7e): what a token or token type may hold, so it
+/// can never add a header line, a credential attribute or a terminal escape (docs/reference.md §2).
+pub fn printable(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 /// `error` and `error_description` of an OAuth error object, for messages.
 pub fn oauth_error_text(obj: &Map<String, Value>, err: &Value) -> String {
     let code = match err {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let code: String = code.chars().take(100).collect();
+    let code = crate::http::provider_text(&code.chars().take(100).collect::<String>());
     match obj.get("error_description").and_then(Value::as_str) {
-        Some(d) => format!("{code} ({})", d.chars().take(200).collect::<String>()),
+        Some(d) => format!("{code} ({})", crate::http::provider_text(d)),
         None => code,
     }
 }
@@ -295,11 +311,12 @@ pub fn into_token(
         (None, Some(exp)) => exp,
         (None, None) => {
             notes.push(LifetimeNote::DefaultTtl);
-            requested_at + policy.default_ttl
+            add_saturating(requested_at, policy.default_ttl)
         }
     };
-    if expires_at > requested_at + policy.max_ttl {
-        expires_at = requested_at + policy.max_ttl;
+    let longest = add_saturating(requested_at, policy.max_ttl);
+    if expires_at > longest {
+        expires_at = longest;
         notes.push(LifetimeNote::CutToMaxTtl);
     }
     let token_type = resp.token_type.unwrap_or_else(|| "Bearer".to_owned());
