@@ -96,6 +96,9 @@ pub fn token_from_json(
         .get("token_type")
         .and_then(serde_json::Value::as_str)
         .unwrap_or("Bearer");
+    if !broker_core::token::printable(raw) || !broker_core::token::printable(token_type) {
+        return Err(bad());
+    }
     let expires_at = v
         .get("expires_at")
         .and_then(serde_json::Value::as_str)

@@ -2,17 +2,17 @@
 //! Unix socket (contract §6). The CLI side of the exchange is `client.rs`.
 
 pub mod client;
+mod listen;
 mod metrics;
 mod refresh;
 
 use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -50,6 +50,15 @@ pub struct Args {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Open connections at most, on each listener; one more is closed as soon as it is accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A request's headers must arrive within this long of its first byte (or of the connection's opening).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::commands::token::parse_duration)]
+    pub header_timeout: Duration,
+    /// A kept-alive connection idle for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::commands::token::parse_duration)]
+    pub idle_timeout: Duration,
     /// Log lines as JSON.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -142,16 +151,9 @@ struct Peer {
     uid: Option<u32>,
 }
 
-impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
-}
-
-/// Refuses a socket directory that is not ours or that others can write to; creates it 0700 if missing.
-fn check_socket_dir(dir: &Path) -> Result<(), Error> {
+/// Refuses a socket directory that is not ours or that others can write to; creates it 0700 if missing. The
+/// default runtime directory is ours alone and tightened to 0700; a directory named by `--socket` is never chmod-ed.
+fn check_socket_dir(dir: &Path, default: bool) -> Result<(), Error> {
     if let Ok(meta) = std::fs::metadata(dir) {
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
@@ -168,8 +170,49 @@ fn check_socket_dir(dir: &Path) -> Result<(), Error> {
                 dir.display()
             )));
         }
+        if !default {
+            return Ok(());
+        }
     }
     broker_core::paths::ensure_private_dir(dir)
+}
+
+/// Removes a stale socket at `socket`, and nothing else: a path that is not a socket is refused.
+fn remove_stale_socket(socket: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::config(format!(
+            "{} exists and is not a socket: refusing to replace it; choose another --socket",
+            socket.display()
+        )));
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(Error::config(format!(
+            "a daemon is already listening on {}",
+            socket.display()
+        )));
+    }
+    tracing::info!("removing the stale socket {}", socket.display());
+    std::fs::remove_file(socket).map_err(|e| {
+        Error::internal(format!(
+            "cannot remove stale socket {}: {e}",
+            socket.display()
+        ))
+    })
+}
+
+/// Raises the soft open-file limit to the hard one: the connection limits, not the process's file table, are what
+/// bound connections, so a flood on one listener cannot starve the other or the cache.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
 }
 
 pub fn run(cli: &Cli, args: &Args) -> CmdResult {
@@ -204,22 +247,9 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
     let dir = socket
         .parent()
         .ok_or_else(|| Error::config("the socket path has no directory"))?;
-    check_socket_dir(dir)?;
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            return Err(Error::config(format!(
-                "a daemon is already listening on {}",
-                socket.display()
-            )));
-        }
-        tracing::info!("removing the stale socket {}", socket.display());
-        std::fs::remove_file(&socket).map_err(|e| {
-            Error::internal(format!(
-                "cannot remove stale socket {}: {e}",
-                socket.display()
-            ))
-        })?;
-    }
+    check_socket_dir(dir, args.socket.is_none())?;
+    remove_stale_socket(&socket)?;
+    raise_open_file_limit();
     let listener = UnixListener::bind(&socket)
         .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", socket.display())))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
@@ -259,38 +289,33 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
         tokio::spawn(async move { reload_on_hup(daemon, cli_config).await })
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let limits = listen::Limits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
     };
     let tcp_server = tcp.map(|(listener, key)| {
         let app = api.clone().layer(axum::middleware::from_fn_with_state(
             Arc::new(key),
             key_guard,
         ));
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        )
+        let none = |_: &tokio::net::TcpStream| None::<Peer>;
+        tokio::spawn(listen::serve(listener, app, limits, none, stop_rx.clone()))
     });
     let unix_app = api.layer(axum::middleware::from_fn_with_state(
         daemon.clone(),
         uid_guard,
     ));
     tracing::info!("listening on {}", socket.display());
-    let unix_server = tokio::spawn(
-        axum::serve(
-            listener,
-            unix_app.into_make_service_with_connect_info::<Peer>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx))
-        .into_future(),
-    );
+    let peer = |io: &tokio::net::UnixStream| {
+        Some(Peer {
+            uid: io.peer_cred().ok().map(|c| c.uid()),
+        })
+    };
+    let unix_server = tokio::spawn(listen::serve(listener, unix_app, limits, peer, stop_rx));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    let served = unix_server
-        .await
-        .map_err(|e| Error::internal(format!("server task: {e}")))?;
+    let served = unix_server.await;
     if let Some(t) = tcp_server {
         let _ = t.await;
     }
@@ -298,7 +323,7 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
     refresher.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; removed {}", socket.display());
-    served.map_err(|e| Error::internal(format!("server error: {e}")))
+    served.map_err(|e| Error::internal(format!("server task: {e}")))
 }
 
 async fn shutdown_signal() {
@@ -361,6 +386,17 @@ async fn listen_tcp(
 
 /// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename) with `mode`.
 pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    write_private_owned(path, bytes, mode, None, None)
+}
+
+/// [`write_private`], the file given to `uid` and `gid` (when set) before it takes its name.
+pub fn write_private_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::internal(format!("cannot write {}: {e}", path.display()));
     let dir = path
         .parent()
@@ -372,6 +408,9 @@ pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> 
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io)?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(tmp.as_file(), uid, gid).map_err(io)?;
+    }
     std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
@@ -405,10 +444,14 @@ async fn key_guard(State(key): State<Arc<String>>, req: Request, next: Next) -> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-        return error_response(
+        // Answered, then closed: a connection without the key holds nothing open.
+        let mut resp = error_response(
             &Error::usage("missing or wrong key: send Authorization: Bearer <daemon.key>"),
             StatusCode::UNAUTHORIZED,
         );
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+        return resp;
     }
     next.run(req).await
 }
@@ -447,6 +490,9 @@ struct TokenQuery {
     force_refresh: Option<bool>,
 }
 
+/// The metrics label of every profile name that is not configured.
+const UNKNOWN_PROFILE: &str = "(unknown)";
+
 async fn token(
     State(daemon): State<Arc<Daemon>>,
     UrlPath(profile): UrlPath<String>,
@@ -454,8 +500,15 @@ async fn token(
 ) -> Response {
     let loaded = daemon.loaded();
     let m = &daemon.metrics;
+    // Metric series only for configured profiles: a name from the request must not grow memory.
+    let known = loaded.names.binary_search(&profile).is_ok();
+    let label = if known {
+        profile.as_str()
+    } else {
+        UNKNOWN_PROFILE
+    };
     let Ok(Query(q)) = query else {
-        m.request(&profile, "usage");
+        m.request(label, "usage");
         return error_response(
             &Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>"),
             StatusCode::BAD_REQUEST,
@@ -475,8 +528,8 @@ async fn token(
             )
         }
     };
-    if !loaded.names.contains(&profile) {
-        m.request(&profile, "unknown_profile");
+    if !known {
+        m.request(label, "unknown_profile");
         let names: Vec<&str> = loaded.names.iter().map(String::as_str).collect();
         return error_response(
             &Error::config(format!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use broker_core::{AccessToken, Error, TokenRequest};
 use tokio::sync::Notify;
 
-use super::{write_private, Daemon, Served};
+use super::{write_private_owned, Daemon, Served};
 use crate::output::{self, Format};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -288,9 +288,57 @@ fn write_sink(
         SystemTime::now(),
         settings.min_ttl,
     )?;
-    write_private(
-        &broker_core::secret::expand_home(&sink.path),
-        body.as_bytes(),
-        sink.mode,
-    )
+    let path = broker_core::secret::expand_home(&sink.path);
+    check_sink_path(&path)?;
+    let uid = sink.owner.as_deref().map(user_id).transpose()?;
+    let gid = sink.group.as_deref().map(group_id).transpose()?;
+    write_private_owned(&path, body.as_bytes(), sink.mode, uid, gid)
+}
+
+/// A sink goes only where no one else can swap or read it first (docs/security.md, "sinks"): its directory is not
+/// writable by others, unless it is sticky (like `/tmp`) and the file there, if any, is ours and not a symlink.
+fn check_sink_path(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::config(format!("sink {} has no directory", path.display())))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| Error::config(format!("sink directory {}: {e}", dir.display())))?;
+    if meta.mode() & 0o002 == 0 {
+        return Ok(());
+    }
+    if meta.mode() & 0o1000 == 0 {
+        return Err(Error::config(format!(
+            "sink {}: its directory is writable by others and not sticky, so anyone could replace the file; \
+             choose a private directory",
+            path.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.file_type().is_file() && m.uid() == rustix::process::geteuid().as_raw() => Ok(()),
+        Ok(_) => Err(Error::config(format!(
+            "sink {}: the file there is not ours (or is not a regular file) in a directory others can write: \
+             refusing to write it",
+            path.display()
+        ))),
+    }
+}
+
+/// A user name or numeric uid.
+fn user_id(name: &str) -> Result<u32, Error> {
+    name.parse().or_else(|_| {
+        uzers::get_user_by_name(name)
+            .map(|u| u.uid())
+            .ok_or_else(|| Error::config(format!("sink owner: no user `{name}`")))
+    })
+}
+
+/// A group name or numeric gid.
+fn group_id(name: &str) -> Result<u32, Error> {
+    name.parse().or_else(|_| {
+        uzers::get_group_by_name(name)
+            .map(|g| g.gid())
+            .ok_or_else(|| Error::config(format!("sink group: no group `{name}`")))
+    })
 }

@@ -25,8 +25,15 @@ impl Daemon {
 
     /// `broker daemon` with extra arguments and environment, waited for (with a deadline) until it answers.
     fn start_with(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let socket = home.path().join("run/broker/broker.sock");
+        Self::start_on(home, home.path().join("run/broker/broker.sock"), args, env)
+    }
+
+    /// [`Daemon::start_with`] on the socket `socket` (passed as `--socket` unless it is the default).
+    fn start_on(home: &Home, socket: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = home.cmd(["daemon"]);
+        if socket != home.path().join("run/broker/broker.sock") {
+            cmd.arg("--socket").arg(&socket);
+        }
         cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
@@ -649,4 +656,230 @@ fn list_goes_through_the_daemon_and_shows_what_it_holds() {
     ])
     .success()
     .stdout_has("valid until");
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(d: &Daemon) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_idle_and_half_sent_tcp_connections_is_bounded_and_closed() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(
+        &home,
+        &[
+            "--listen",
+            &listen,
+            "--max-connections",
+            "100",
+            "--header-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+        ],
+        &[],
+    );
+    let addr: std::net::SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
+    let mut flood = Vec::new();
+    for i in 0..2000 {
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            continue;
+        };
+        if i % 2 == 0 {
+            // Half-sent: a request line and one header, never the blank line.
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n");
+        }
+        flood.push(s);
+    }
+    assert!(
+        flood.len() > 1000,
+        "only {} connections opened",
+        flood.len()
+    );
+    // The Unix socket, its /healthz and the token path do not wait for the flood.
+    assert_eq!(d.get("/healthz").0, 200);
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    // Every flooding connection is closed: those over the limit at once, the others at their timeout.
+    for s in &flood {
+        let _ = s.set_nonblocking(true);
+    }
+    let mut open: Vec<&std::net::TcpStream> = flood.iter().collect();
+    poll("every flooding connection to be closed", || {
+        open.retain(|s| {
+            let mut buf = [0u8; 256];
+            let mut r: &std::net::TcpStream = s;
+            matches!(r.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        open.is_empty()
+    });
+    // And the port serves again.
+    let key =
+        std::fs::read_to_string(home.path().join("run/broker/daemon.key")).unwrap_or_default();
+    poll("the TCP port to answer again", || {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            key.trim()
+        );
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        parse_response(&raw).0 == 200
+    });
+}
+
+#[test]
+fn a_connection_that_fails_the_key_check_is_closed_after_the_answer() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    // Keep-alive is asked for; the answer must still end the connection.
+    let _ = write!(s, "GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw); // returns only at EOF
+    assert_eq!(parse_response(&raw).0, 401, "{raw}");
+}
+
+#[test]
+fn unknown_profile_names_do_not_grow_the_daemons_memory() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    // Warm up: the allocator's arenas and the server's buffers settle first.
+    for i in 0..1000 {
+        d.get(&format!("/v1/token/warmup-{i}"));
+    }
+    let before = rss_kib(&d);
+    for i in 0..20_000 {
+        assert_eq!(
+            d.get(&format!("/v1/token/nosuch-{i}-{}", "x".repeat(100)))
+                .0,
+            404
+        );
+    }
+    let after = rss_kib(&d);
+    assert!(
+        after < before + 4096,
+        "RSS grew from {before} KiB to {after} KiB over 20,000 unknown names"
+    );
+    let metrics = d.metrics();
+    assert!(metrics.contains("profile=\"(unknown)\""), "{metrics}");
+    assert!(
+        !metrics.contains("nosuch-"),
+        "a metric series per unknown name"
+    );
+}
+
+#[test]
+fn the_socket_option_never_removes_a_file_or_chmods_a_directory() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let precious = home.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").unwrap_or_else(|e| panic!("{e}"));
+    home.run(["daemon", "--socket", &precious.display().to_string()])
+        .code(3)
+        .stderr_has("not a socket");
+    assert_eq!(
+        std::fs::read_to_string(&precious).ok().as_deref(),
+        Some("keep me")
+    );
+    // A directory of ours named by --socket keeps its mode.
+    let project = home.path().join("project");
+    std::fs::create_dir(&project).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o750))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = Daemon::start_on(&home, project.join("d.sock"), &[], &[]);
+    assert_eq!(d.get("/healthz").0, 200);
+    let mode = std::fs::metadata(&project).map(|m| m.permissions().mode() & 0o7777);
+    assert_eq!(mode.ok(), Some(0o750));
+}
+
+#[test]
+fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let idp = auth0("300", None);
+    let home = Home::new();
+    let open_dir = home.path().join("open");
+    let sticky = home.path().join("sticky");
+    let mine = home.path().join("mine");
+    for (dir, mode) in [(&open_dir, 0o777), (&sticky, 0o1777), (&mine, 0o755)] {
+        std::fs::create_dir(dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // In the sticky directory someone else got there first.
+    let squatted = sticky.join("token");
+    std::fs::write(&squatted, "theirs").unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::chown(&squatted, Some(54_321), Some(54_321))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sink = |name: &str, path: &std::path::Path, extra: &str| {
+        format!(
+            "[profiles.{name}]\nprovider = \"chili\"\ntoken_url = \"{}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\nsink = {{ path = \"{}\"{extra} }}\n",
+            idp.base(),
+            path.display()
+        )
+    };
+    home.config(
+        &[
+            sink("a", &open_dir.join("token"), ""),
+            sink("b", &squatted, ""),
+            sink(
+                "c",
+                &mine.join("token"),
+                ", owner = \"nobody\", group = 65534, mode = \"0640\"",
+            ),
+            sink("d", &sticky.join("fresh"), ""),
+        ]
+        .concat(),
+    );
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _d = Daemon::start(&home);
+    poll("the private sink", || mine.join("token").exists());
+    poll("the sink in the sticky directory", || {
+        sticky.join("fresh").exists()
+    });
+    let meta = std::fs::metadata(mine.join("token")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65_534, 65_534, 0o640)
+    );
+    let log = home.path().join("daemon.log");
+    poll("both refusals in the log", || {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        l.contains("profile `a`")
+            && l.contains("not sticky")
+            && l.contains("profile `b`")
+            && l.contains("not ours")
+    });
+    assert!(!open_dir.join("token").exists());
+    assert_eq!(
+        std::fs::read_to_string(&squatted).ok().as_deref(),
+        Some("theirs")
+    );
 }
