@@ -470,4 +470,30 @@ mod tests {
         assert_eq!(mode, 0o600);
         Ok(())
     }
+
+    #[tokio::test]
+    async fn clearing_the_cache_keeps_the_lock_a_process_holds(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let cache = DiskCache::new(dir.path().join("broker"));
+        let key = CacheKey::from_parts([b"a".as_slice()]);
+        let entry = Entry {
+            token: None,
+            endpoint: Some("https://x/token".into()),
+            cooldown: None,
+        };
+        let held = cache.lock(&key, Duration::ZERO).await?;
+        cache.write(&key, &entry, "p")?;
+        assert_eq!(cache.clear()?, 1);
+        assert!(!cache.remove(&key)?, "the entry is gone");
+        // Another process comes now: it must wait for the same lock, not take a new file's.
+        let second = cache.lock(&key, Duration::ZERO).await;
+        assert!(
+            second.is_err(),
+            "a second lock was taken while the first is held"
+        );
+        drop(held);
+        assert!(cache.lock(&key, Duration::ZERO).await.is_ok());
+        Ok(())
+    }
 }
