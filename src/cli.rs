@@ -175,6 +175,7 @@ fn init_logging(json: bool) {
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(crate::output::colour())
         .with_target(false);
     let _ = if json {
         fmt.json().try_init()

@@ -25,9 +25,11 @@ pub fn cache_dir() -> Option<PathBuf> {
     paths::cache_dir()
 }
 
-/// A broker over the user's disk cache serving `settings` alone.
+/// A broker over the user's disk cache serving `settings` alone, reporting retries to the status line.
 pub fn broker_for(settings: Settings) -> Broker {
-    let mut b = Broker::builder().settings(settings);
+    let mut b = Broker::builder()
+        .observer(crate::feedback::get())
+        .settings(settings);
     if let Some(dir) = cache_dir() {
         b = b.disk_cache(dir);
     }
@@ -74,7 +76,20 @@ pub fn get_token(
         .enable_all()
         .build()
         .map_err(|e| broker_core::Error::internal(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(broker.token(profile, req))
+    let feedback = crate::feedback::get();
+    let result = rt.block_on(async {
+        let fetch = broker.token(profile, req);
+        tokio::pin!(fetch);
+        tokio::select! {
+            r = &mut fetch => r,
+            () = tokio::time::sleep(crate::feedback::QUIET_FOR) => {
+                feedback.waiting(profile);
+                fetch.await
+            }
+        }
+    });
+    feedback.done();
+    result
 }
 
 /// Removes from `cmd`'s environment the variables that hold this profile's credentials (`{ env = "..." }`

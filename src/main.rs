@@ -5,6 +5,7 @@ mod commands;
 mod context;
 mod daemon;
 mod dev_issuer;
+mod feedback;
 mod output;
 
 fn main() -> std::process::ExitCode {

@@ -115,6 +115,12 @@ pub fn exec_credential_version(info: Option<&str>) -> broker_core::Result<&'stat
     }
 }
 
+/// Whether stderr may carry colour: it is a terminal and `NO_COLOR` is unset (or empty).
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Writes to stdout; a closed stdout (`BrokenPipe`) counts as success.
 pub fn print_stdout(s: &str) -> broker_core::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -2,31 +2,53 @@
 
 use std::time::SystemTime;
 
-use broker_core::CacheState;
+use broker_core::cache::Cooldown;
+use broker_core::{CacheState, ErrorKind, Status};
 
 use crate::cli::{Cli, CmdResult};
 use crate::context;
 use crate::output::{self, rfc3339};
 
-/// The cache state the daemon reports for `name` in its `/v1/profiles` answer.
-fn daemon_cache_state(v: &serde_json::Value, name: &str) -> Option<CacheState> {
+/// The status the daemon reports for `name` in its `/v1/profiles` answer.
+fn daemon_status(v: &serde_json::Value, name: &str) -> Option<Status> {
     let p = v
         .get("profiles")?
         .as_array()?
         .iter()
         .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name))?;
     let cache = p.get("cache")?;
-    let at = || {
-        cache
-            .get("expires_at")
+    let time = |v: &serde_json::Value, field: &str| {
+        v.get(field)
             .and_then(|s| s.as_str())
             .and_then(|s| humantime::parse_rfc3339(s).ok())
     };
-    match cache.get("state")?.as_str()? {
-        "valid" => Some(CacheState::Valid(at()?)),
-        "expired" => Some(CacheState::Expired(at()?)),
-        "none" => Some(CacheState::None),
-        _ => None,
+    let cache = match cache.get("state")?.as_str()? {
+        "valid" => CacheState::Valid(time(cache, "expires_at")?),
+        "expired" => CacheState::Expired(time(cache, "expires_at")?),
+        "none" => CacheState::None,
+        _ => return None,
+    };
+    let cooldown = p.get("cooldown").and_then(|c| {
+        Some(Cooldown {
+            until: time(c, "until")?,
+            kind: ErrorKind::parse(c.get("class")?.as_str()?)?,
+            message: c.get("message")?.as_str()?.to_owned(),
+            streak: 0,
+        })
+    });
+    Some(Status { cache, cooldown })
+}
+
+/// The STATUS column: when the provider will be asked again, and why not before.
+pub fn cooldown_text(c: Option<&Cooldown>, now: SystemTime) -> String {
+    let Some(c) = c else {
+        return "-".into();
+    };
+    let left = broker_core::duration::format(c.until.duration_since(now).unwrap_or_default());
+    let why: String = c.message.chars().take(100).collect();
+    match c.kind {
+        ErrorKind::Unavailable => format!("outage: next attempt in {left} ({why})"),
+        kind => format!("cool-down for {left} after `{kind}` ({why})"),
     }
 }
 
@@ -42,6 +64,7 @@ pub fn run(cli: &Cli) -> CmdResult {
         "PROVIDER".into(),
         "ENVIRONMENT".into(),
         "CACHE".into(),
+        "STATUS".into(),
     ]];
     for name in config.profile_names() {
         let (provider, env) = match config.resolve(name, &Default::default()) {
@@ -52,23 +75,29 @@ pub fn run(cli: &Cli) -> CmdResult {
             ),
             Err(_) => ("?".into(), "?".into()),
         };
-        let daemon_state = from_daemon
-            .as_ref()
-            .and_then(|v| daemon_cache_state(v, name));
-        let state = match daemon_state
-            .map(Ok)
-            .unwrap_or_else(|| broker.cache_state(name))
-        {
-            Ok(CacheState::None) => "none".into(),
-            Ok(CacheState::Valid(at)) => format!(
-                "valid until {} ({} left)",
-                rfc3339(at),
-                broker_core::duration::format(at.duration_since(now).unwrap_or_default())
-            ),
-            Ok(CacheState::Expired(at)) => format!("expired {}", rfc3339(at)),
-            Err(e) => format!("{} error (see `broker check`)", e.kind()),
+        let status = match from_daemon.as_ref().and_then(|v| daemon_status(v, name)) {
+            Some(s) => Ok(s),
+            None => broker.status(name),
         };
-        rows.push(vec![name.to_owned(), provider, env, state]);
+        let (state, next) = match status {
+            Ok(s) => (
+                match s.cache {
+                    CacheState::None => "none".into(),
+                    CacheState::Valid(at) => format!(
+                        "valid until {} ({} left)",
+                        rfc3339(at),
+                        broker_core::duration::format(at.duration_since(now).unwrap_or_default())
+                    ),
+                    CacheState::Expired(at) => format!("expired {}", rfc3339(at)),
+                },
+                cooldown_text(s.cooldown.as_ref(), now),
+            ),
+            Err(e) => (
+                format!("{} error (see `broker check`)", e.kind()),
+                "-".into(),
+            ),
+        };
+        rows.push(vec![name.to_owned(), provider, env, state, next]);
     }
     if rows.len() == 1 {
         let files = config

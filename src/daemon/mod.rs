@@ -456,22 +456,46 @@ async fn key_guard(State(key): State<Arc<String>>, req: Request, next: Next) -> 
     next.run(req).await
 }
 
-/// Stamps every answer with the config fingerprint.
+/// Stamps every answer with the config fingerprint, and answers 409 before doing any work when the request carries
+/// another one (a CLI with another configuration, which then works in-process).
 async fn stamp(State(daemon): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
     let fingerprint = daemon.loaded().fingerprint.clone();
-    let mut resp = next.run(req).await;
+    let theirs = req
+        .headers()
+        .get("broker-config")
+        .map(HeaderValue::as_bytes);
+    let mut resp = match theirs {
+        Some(t) if t != fingerprint.as_bytes() => error_response(
+            &Error::usage("this daemon runs another configuration (see the Broker-Config header)"),
+            StatusCode::CONFLICT,
+        ),
+        _ => next.run(req).await,
+    };
     if let Ok(v) = HeaderValue::from_str(&fingerprint) {
         resp.headers_mut().insert("broker-config", v);
     }
     resp
 }
 
+/// The error JSON; an error that says when to come back (an outage, a cool-down) also carries `Retry-After`.
 fn error_response(e: &Error, status: StatusCode) -> Response {
-    (
+    let mut resp = (
         status,
         Json(json!({"error": e.kind().as_str(), "message": e.message()})),
     )
-        .into_response()
+        .into_response();
+    if let Some(at) = e.retry_at() {
+        let secs = at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs_f64()
+            .ceil()
+            .max(1.0);
+        if let Ok(v) = HeaderValue::from_str(&format!("{secs}")) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
 }
 
 fn status_of(kind: ErrorKind) -> StatusCode {
@@ -585,18 +609,24 @@ async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_json::Value> 
         .map(String::as_str)
         .map(|name| {
             let s = loaded.settings.get(name);
-            let cache = match loaded.broker.cache_state(name) {
-                Ok(CacheState::Valid(at)) => json!({"state": "valid", "expires_at": rfc3339(at)}),
-                Ok(CacheState::Expired(at)) => json!({"state": "expired", "expires_at": rfc3339(at)}),
-                Ok(CacheState::None) => json!({"state": "none"}),
+            let status = loaded.broker.status(name);
+            let cache = match &status {
+                Ok(s) => match s.cache {
+                    CacheState::Valid(at) => json!({"state": "valid", "expires_at": rfc3339(at)}),
+                    CacheState::Expired(at) => json!({"state": "expired", "expires_at": rfc3339(at)}),
+                    CacheState::None => json!({"state": "none"}),
+                },
                 Err(e) => json!({"state": "error", "error": e.kind().as_str()}),
             };
+            let cooldown = status.ok().and_then(|s| s.cooldown).map(|c| {
+                json!({"class": c.kind.as_str(), "until": rfc3339(c.until), "message": c.message})
+            });
             let refresh = match daemon.refresher.state(name) {
                 None => json!({"state": "idle"}),
                 Some(None) => json!({"state": "running"}),
                 Some(Some(at)) => json!({"state": "scheduled", "at": rfc3339(at)}),
             };
-            json!({"name": name, "provider": s.and_then(|s| s.provider.clone()), "environment": s.and_then(|s| s.environment.clone()), "cache": cache, "refresh": refresh})
+            json!({"name": name, "provider": s.and_then(|s| s.provider.clone()), "environment": s.and_then(|s| s.environment.clone()), "cache": cache, "cooldown": cooldown, "refresh": refresh})
         })
         .collect();
     Json(json!({"profiles": list}))

@@ -885,3 +885,84 @@ fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
         Some("theirs")
     );
 }
+
+/// A raw GET over the socket: status, the whole head (for headers), body.
+fn get_with_head(socket: &std::path::Path, path: &str, extra: &str) -> (u16, String, String) {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return (0, String::new(), String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: broker\r\n{extra}Connection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (
+        parse_response(&raw).0,
+        head.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn during_an_outage_with_no_valid_token_every_caller_gets_503_at_once_and_recovery_needs_no_restart(
+) {
+    let idp = auth0("3", None);
+    let port = idp.port;
+    let home = Home::new();
+    // A retry budget far above what any caller may wait here.
+    chili_profile_with(&home, &idp.base(), "retry = \"20s\"\n");
+    let d = Daemon::start(&home);
+    assert_eq!(d.get("/v1/token/chili").0, 200);
+    drop(idp);
+    poll("the token to expire", || {
+        d.get("/v1/profiles").2.contains("\"expired\"")
+    });
+    let socket = d.socket.clone();
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let answer = get_with_head(&socket, "/v1/token/chili", "");
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    for c in callers {
+        let ((status, head, body), took) = c.join().unwrap_or_else(|_| panic!("caller panicked"));
+        assert_eq!(status, 503, "{body}");
+        assert!(head.contains("\r\nretry-after: "), "no Retry-After: {head}");
+        assert!(body.contains("\"unavailable\""), "{body}");
+        // Nobody sat through a retry round (20 s): the outage was already known.
+        assert!(took < Duration::from_secs(5), "a caller waited {took:?}");
+    }
+    let _back = auth0("3", Some(port));
+    poll("recovery without a restart", || {
+        d.get("/v1/token/chili").0 == 200
+    });
+}
+
+#[test]
+fn a_cli_with_another_configuration_gets_409_before_the_daemon_does_any_work() {
+    let idp = auth0("300", None);
+    let home = Home::new();
+    chili_profile(&home, &idp.base());
+    let d = Daemon::start(&home);
+    let (status, _, _) = get_with_head(&d.socket, "/v1/token/chili", "Broker-Config: not-ours\r\n");
+    assert_eq!(status, 409);
+    assert_eq!(
+        idp.calls(),
+        0,
+        "the daemon fetched for a request it refused"
+    );
+    // The same credentials under a changed file: the CLI's forced refresh costs one upstream call, not two.
+    let text = std::fs::read_to_string(home.config_path()).unwrap_or_default();
+    home.config(&format!("# changed\n{text}"));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    home.run(["token", "chili", "--force-refresh"]).success();
+    assert_eq!(idp.calls(), 1);
+}

@@ -23,6 +23,8 @@ mod config_errors;
 mod tls;
 // Integrations: ExecCredential, git credential helper, exec, curl, env eval, completions, man.
 mod integrations;
+// Outages: one shared retry round, the remembered next attempt, per-call min_ttl, the status line, cache clear.
+mod outages;
 // Attacks by another local user or a hostile provider: planted cache files and endpoints, hostile answers, leaks.
 mod trust;
 // The daemon: socket, uid check, single flight, refresh ahead, outage, reload, shutdown, metrics.

@@ -61,9 +61,15 @@ impl Home {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env_clear()
+        let mut c = self.program(BIN);
+        c.args(args);
+        c
+    }
+
+    /// `program` with this home's environment and nothing else of the caller's.
+    pub fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path())
             .env("XDG_CONFIG_HOME", self.path().join("config"))

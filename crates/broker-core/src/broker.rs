@@ -25,6 +25,12 @@ use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_T
 pub trait Observer: Send + Sync + 'static {
     /// A token request to `profile`'s provider finished after `took`: `Ok(())` or the failure's class.
     fn upstream(&self, profile: &str, outcome: std::result::Result<(), ErrorKind>, took: Duration);
+
+    /// Attempt `attempt` of a fetch for `profile` failed with `error` (an outage); the next one is in `next_in`.
+    /// Defaults to nothing.
+    fn retrying(&self, profile: &str, attempt: u32, error: &Error, next_in: Duration) {
+        let _ = (profile, attempt, error, next_in);
+    }
 }
 
 /// How a profile's tokens are kept.
@@ -119,12 +125,28 @@ pub enum CacheState {
     Expired(SystemTime),
 }
 
-/// One cache key's in-memory slot: the current token, and the lock that makes one fetch serve all callers.
+/// What the broker knows of a profile without asking its provider (see [`Broker::status`]).
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The cached token's state.
+    pub cache: CacheState,
+    /// A cool-down (after a rejection or a 429 that named a time) or a remembered outage, in force: the provider
+    /// is not asked before its `until`.
+    pub cooldown: Option<Cooldown>,
+}
+
+/// One cache key's in-memory slot: the current token, and the refresh state machine that makes one fetch serve
+/// all callers. Its states: idle (nobody holds `fetch`), fetching (someone does; others queue on it), then the
+/// outcome, published before `fetch` is released: a token (`current`, `generation`) or a failure (`failure`),
+/// with `fetches` counting ended fetches so a waiter knows whether the one it queued behind has ended. An outage
+/// or rejection also leaves `cooldown`: the time before which nobody asks again.
 #[derive(Default)]
 struct Slot {
     current: RwLock<Option<Arc<AccessToken>>>,
     fetch: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    fetches: AtomicU64,
+    failure: std::sync::Mutex<Option<Error>>,
     cooldown: std::sync::Mutex<Option<Cooldown>>,
 }
 
@@ -135,12 +157,29 @@ impl Slot {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-    fn fresh(&self, now: SystemTime, min_ttl: Duration) -> Option<Arc<AccessToken>> {
+    fn fresh(
+        &self,
+        now: SystemTime,
+        per_call: Option<Duration>,
+        min_ttl: Duration,
+    ) -> Option<Arc<AccessToken>> {
         let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
         match &*cur {
-            Some(t) if t.is_fresh(now, min_ttl) => Some(Arc::clone(t)),
+            Some(t) if t.is_fresh_for(now, per_call, min_ttl) => Some(Arc::clone(t)),
             _ => None,
         }
+    }
+    /// The failure of the last fetch, if it failed.
+    fn failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// Publishes a fetch's outcome to those queued behind it (call before releasing `fetch`).
+    fn publish(&self, failure: Option<&Error>) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = failure.cloned();
+        self.fetches.fetch_add(1, Ordering::AcqRel);
     }
     fn cooldown(&self) -> Option<Cooldown> {
         self.cooldown
@@ -185,18 +224,32 @@ fn merge(memory: Entry, disk: Entry) -> Entry {
     }
 }
 
-/// The error of a cool-down in force.
-fn cooling_down(p: &Profile, c: &Cooldown) -> Error {
-    Error::new(
-        c.kind,
+/// The error of a cool-down in force. The stored message names the profile already when its provider's did (the
+/// built-in ones do); otherwise the profile is put in front.
+fn cooling_down(p: &Profile, c: &Cooldown, now: SystemTime) -> Error {
+    let at = humantime::format_rfc3339_seconds(c.until);
+    let left = crate::duration::format(c.until.duration_since(now).unwrap_or_default());
+    let why = if c.kind == ErrorKind::Unavailable && c.streak > 0 {
         format!(
-            "{}; not asking the provider again before {} (cool-down; --force-refresh overrides)",
-            c.message,
-            humantime::format_rfc3339_seconds(c.until)
-        ),
-    )
-    .with_retry_at(Some(c.until))
-    .context(format!("profile `{}`", p.name))
+            "the provider is down; next attempt after {at} (in {left}; --force-refresh tries now)"
+        )
+    } else {
+        format!("not asking the provider again before {at} (cool-down, {left} left; --force-refresh overrides)")
+    };
+    let e = Error::new(c.kind, format!("{}; {why}", c.message)).with_retry_at(Some(c.until));
+    let profile = format!("profile `{}`", p.name);
+    if c.message.contains(&profile) {
+        e
+    } else {
+        e.context(profile)
+    }
+}
+
+/// How long to wait before the next attempt after `streak` failed fetches in a row: 2 s, doubling, at most 60 s.
+fn outage_pause(streak: u32) -> Duration {
+    Duration::from_secs(2)
+        .saturating_mul(1 << streak.saturating_sub(1).min(5))
+        .min(Duration::from_secs(60))
 }
 
 /// After a failure: the still-valid token with a warning, else the error.
@@ -403,12 +456,11 @@ impl Broker {
         }
         let (key, slot) = self.keyed(p)?;
         let now = self.clock.now_upper_bound();
-        let min_ttl = req.min_ttl.unwrap_or(p.policy.min_ttl);
-        if let Some(t) = slot.fresh(now, min_ttl) {
+        if let Some(t) = slot.fresh(now, req.min_ttl, p.policy.min_ttl) {
             return Ok(Some(t));
         }
         if let Some(token) = self.read_disk(p, key)?.and_then(|e| e.token) {
-            if token.is_fresh(now, min_ttl) {
+            if token.is_fresh_for(now, req.min_ttl, p.policy.min_ttl) {
                 let t = Arc::new(token);
                 slot.install(Arc::clone(&t));
                 return Ok(Some(t));
@@ -422,10 +474,8 @@ impl Broker {
         let p = self.profile(profile)?;
         if !req.skips_cache() && p.policy.cache != CacheMode::None {
             let (_, slot) = self.keyed(p)?;
-            if let Some(t) = slot.fresh(
-                self.clock.now_upper_bound(),
-                req.min_ttl.unwrap_or(p.policy.min_ttl),
-            ) {
+            if let Some(t) = slot.fresh(self.clock.now_upper_bound(), req.min_ttl, p.policy.min_ttl)
+            {
                 return Ok(t);
             }
         }
@@ -436,19 +486,34 @@ impl Broker {
     }
 
     async fn refresh(&self, p: &Profile, req: &TokenRequest) -> Result<Arc<AccessToken>> {
-        let min_ttl = req.min_ttl.unwrap_or(p.policy.min_ttl);
         if p.policy.cache == CacheMode::None {
             let cx = FetchContext {
                 clock: &*self.clock,
                 endpoint_hint: None,
             };
-            return self.fetch_with_retry(p, &cx, None).await.map(|(t, _)| t);
+            return self.fetch_with_retry(p, &cx, None, 0).await.map(|(t, _)| t);
         }
         let (key, slot) = self.keyed(p)?;
         let asked_at = self.clock.now();
         let generation = slot.generation.load(Ordering::Acquire);
+        let fetches = slot.fetches.load(Ordering::Acquire);
         let _in_process = slot.fetch.lock().await;
         let now = self.clock.now();
+        // A fetch ended while we waited for the slot: its outcome is ours. A failure is shared as it is, so nobody
+        // starts a second retry round behind it (docs/reference.md, outages).
+        if slot.fetches.load(Ordering::Acquire) != fetches {
+            if let Some(e) = slot.failure() {
+                let previous = slot.get().filter(|t| t.is_valid(now));
+                return serve_previous(previous, e, now);
+            }
+            // It succeeded: the token it fetched is the one we waited for, even if shorter than asked for.
+            if let Some(t) = slot
+                .get()
+                .filter(|t| t.is_valid(now) && t.obtained_at() >= asked_at)
+            {
+                return Ok(t);
+            }
+        }
         if req.skips_cache() {
             // Someone refreshed while we waited for the slot: that token is as new as ours would be.
             if slot.generation.load(Ordering::Acquire) != generation {
@@ -456,7 +521,7 @@ impl Broker {
                     return Ok(t);
                 }
             }
-        } else if let Some(t) = slot.fresh(now, min_ttl) {
+        } else if let Some(t) = slot.fresh(now, req.min_ttl, p.policy.min_ttl) {
             return Ok(t);
         }
         let disk = self.disk_for(p);
@@ -472,9 +537,9 @@ impl Broker {
                         d.read(key)?.and_then(|e| e.token),
                         slot,
                         now,
-                        min_ttl,
+                        req,
+                        p.policy.min_ttl,
                         asked_at,
-                        false,
                     ) {
                         return Ok(t);
                     }
@@ -482,14 +547,9 @@ impl Broker {
                 let lock = d.lock(key, p.policy.lock_wait).await?;
                 let now = self.clock.now();
                 if let Some(e) = d.read(key)? {
-                    if let Some(t) = self.adopt(
-                        e.token.clone(),
-                        slot,
-                        now,
-                        min_ttl,
-                        asked_at,
-                        req.skips_cache(),
-                    ) {
+                    if let Some(t) =
+                        self.adopt(e.token.clone(), slot, now, req, p.policy.min_ttl, asked_at)
+                    {
                         return Ok(t);
                     }
                     known = merge(known, e);
@@ -509,13 +569,22 @@ impl Broker {
             .as_ref()
             .filter(|c| now < c.until && !req.force_refresh)
         {
-            return serve_previous(previous, cooling_down(p, c), now);
+            return serve_previous(previous, cooling_down(p, c, now), now);
         }
+        // A provider known to be down (the last fetch failed as unavailable) gets one attempt, not a retry round.
+        let streak = known
+            .cooldown
+            .as_ref()
+            .filter(|c| c.kind == ErrorKind::Unavailable)
+            .map_or(0, |c| c.streak);
         let cx = FetchContext {
             clock: &*self.clock,
             endpoint_hint: known.endpoint.as_deref(),
         };
-        match self.fetch_with_retry(p, &cx, previous.as_deref()).await {
+        let fetched = self
+            .fetch_with_retry(p, &cx, previous.as_deref(), streak)
+            .await;
+        let outcome = match fetched {
             Ok((t, endpoint)) => {
                 *slot.cooldown.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 if let Some(d) = disk {
@@ -532,83 +601,132 @@ impl Broker {
                     }
                 }
                 slot.install(Arc::clone(&t));
+                if req
+                    .min_ttl
+                    .is_some_and(|m| t.remaining(self.clock.now()) <= m)
+                {
+                    tracing::warn!(
+                        "profile `{}`: the provider's new token has only {} left, less than the {} asked for",
+                        p.name,
+                        crate::duration::format(t.remaining(self.clock.now())),
+                        crate::duration::format(req.min_ttl.unwrap_or_default())
+                    );
+                }
                 Ok(t)
             }
             Err(e) => {
-                let now = self.clock.now();
-                let until = match e.kind() {
-                    ErrorKind::Rejected => Some(add_saturating(now, p.policy.cooldown)),
-                    ErrorKind::Unavailable => e.retry_at().filter(|at| *at > now),
-                    _ => None,
-                }
-                .map(|until| until.min(add_saturating(now, p.policy.max_cooldown)));
-                if let Some(until) = until {
-                    // Remembered in memory and in the cache entry, so separate processes obey it too. The entry
-                    // keeps whatever token it held: a failure never removes a still-valid token.
-                    let c = Cooldown {
-                        until,
-                        kind: e.kind(),
-                        message: e.message().to_owned(),
-                    };
-                    *slot.cooldown.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-                    if let Some(d) = disk {
-                        let entry = Entry {
-                            cooldown: Some(c),
-                            ..known
-                        };
-                        if let Err(w) = d.write(key, &entry, &p.name) {
-                            tracing::warn!(
-                                "profile `{}`: cool-down not saved to the disk cache: {w}",
-                                p.name
-                            );
-                        }
-                    }
-                }
-                serve_previous(previous, e, now)
+                let e = self.remember_failure(p, key, slot, disk, known, streak, e);
+                serve_previous(previous, e, self.clock.now())
+            }
+        };
+        slot.publish(outcome.as_ref().err());
+        outcome
+    }
+
+    /// After a failed fetch: a rejection starts a cool-down of `cooldown`; an outage remembers when to try next
+    /// (the time the provider named, else a backoff that grows with each failure in a row), so that callers without
+    /// a valid token are answered at once until then. Both are kept in memory and in the cache entry, so other
+    /// processes obey them too, and both are capped by `max_cooldown`. The entry keeps whatever token it held: a
+    /// failure never removes a still-valid token. Returns the error, with the next attempt's time.
+    #[allow(clippy::too_many_arguments)]
+    fn remember_failure(
+        &self,
+        p: &Profile,
+        key: &CacheKey,
+        slot: &Slot,
+        disk: Option<&DiskCache>,
+        known: Entry,
+        streak: u32,
+        e: Error,
+    ) -> Error {
+        let now = self.clock.now();
+        let cap = add_saturating(now, p.policy.max_cooldown);
+        let (until, streak) = match e.kind() {
+            ErrorKind::Rejected => (add_saturating(now, p.policy.cooldown), 0),
+            // The provider named a time (429, 503 with Retry-After): a cool-down until then.
+            ErrorKind::Unavailable if e.retry_at().is_some_and(|at| at > now) => {
+                (e.retry_at().unwrap_or(now), 0)
+            }
+            // An outage: the next attempt after a pause that grows with each failure in a row.
+            ErrorKind::Unavailable => {
+                let streak = streak.saturating_add(1);
+                (add_saturating(now, outage_pause(streak)), streak)
+            }
+            _ => return e,
+        };
+        let c = Cooldown {
+            until: until.min(cap),
+            kind: e.kind(),
+            message: e.message().to_owned(),
+            streak,
+        };
+        let e = e.with_retry_at(Some(c.until));
+        *slot.cooldown.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        if let Some(d) = disk {
+            let entry = Entry {
+                cooldown: Some(c),
+                ..known
+            };
+            if let Err(w) = d.write(key, &entry, &p.name) {
+                tracing::warn!(
+                    "profile `{}`: failure not saved to the disk cache: {w}",
+                    p.name
+                );
             }
         }
+        e
     }
 
     /// Fetches, retrying `unavailable` answers with exponential backoff and full jitter within the retry
-    /// budget, honouring a time the provider named. With a still-valid token to fall back on, one attempt only:
-    /// the caller is better served by that token now than by a fresh one later.
+    /// budget, honouring a time the provider named. One attempt only when there is a still-valid token to fall back
+    /// on (the caller is better served by it now than by a fresh one later), or when the provider is known to be
+    /// down (`streak` failures in a row). All waiting is on the broker's clock. A final failure says how many
+    /// attempts were made over how long.
     async fn fetch_with_retry(
         &self,
         p: &Profile,
         cx: &FetchContext<'_>,
         previous: Option<&AccessToken>,
+        streak: u32,
     ) -> Result<(Arc<AccessToken>, Option<String>)> {
-        let budget = if previous.is_some() {
+        let budget = if previous.is_some() || streak > 0 {
             Duration::ZERO
         } else {
             p.policy.retry
         };
-        let started = std::time::Instant::now();
+        let started = self.clock.now();
         let mut attempt: u32 = 0;
         loop {
             let e = match self.fetch(p, cx, previous).await {
                 Err(e) if e.kind() == ErrorKind::Unavailable => e,
                 other => return other,
             };
-            let elapsed = started.elapsed();
+            attempt += 1;
+            let elapsed = self.clock.now().duration_since(started).unwrap_or_default();
             let wait = match e.retry_at() {
                 Some(at) => at.duration_since(self.clock.now()).unwrap_or_default(),
-                None => backoff(attempt),
+                None => backoff(attempt - 1),
             };
             if elapsed.saturating_add(wait) > budget {
+                let mut msg = e.message().to_owned();
                 if e.retry_at().is_some() && !budget.is_zero() {
-                    let msg = format!(
-                        "{}; that is beyond the retry budget of {}",
-                        e.message(),
+                    msg.push_str(&format!(
+                        "; that is beyond the retry budget of {}",
                         crate::duration::format(budget)
-                    );
-                    return Err(Error::unavailable(msg).with_retry_at(e.retry_at()));
+                    ));
                 }
-                return Err(e);
+                let s = if attempt == 1 { "" } else { "s" };
+                msg.push_str(&format!(
+                    " (gave up after {attempt} attempt{s} over {})",
+                    crate::duration::format(elapsed)
+                ));
+                return Err(Error::unavailable(msg).with_retry_at(e.retry_at()));
             }
-            tracing::info!("{e}; retrying in {}ms", wait.as_millis());
-            tokio::time::sleep(wait).await;
-            attempt += 1;
+            tracing::debug!("{e}; retrying in {}ms", wait.as_millis());
+            if let Some(o) = &self.observer {
+                o.retrying(&p.name, attempt, &e, wait);
+            }
+            self.clock.sleep(wait).await;
         }
     }
 
@@ -618,15 +736,15 @@ impl Broker {
         token: Option<AccessToken>,
         slot: &Slot,
         now: SystemTime,
+        req: &TokenRequest,
         min_ttl: Duration,
         asked_at: SystemTime,
-        force: bool,
     ) -> Option<Arc<AccessToken>> {
         let t = token?;
-        let usable = if force {
+        let usable = if req.skips_cache() {
             t.obtained_at() >= asked_at && t.is_valid(now)
         } else {
-            t.is_fresh(now, min_ttl)
+            t.is_fresh_for(now, req.min_ttl, min_ttl)
         };
         usable.then(|| {
             let t = Arc::new(t);
@@ -696,19 +814,31 @@ impl Broker {
 
     /// What the caches hold for `profile`, without asking the provider.
     pub fn cache_state(&self, profile: &str) -> Result<CacheState> {
+        self.status(profile).map(|s| s.cache)
+    }
+
+    /// What the broker knows of `profile` without asking its provider: the cached token's state, and a cool-down
+    /// or remembered outage in force (from memory or the cache entry, whichever ends later).
+    pub fn status(&self, profile: &str) -> Result<Status> {
         let p = self.profile(profile)?;
         let (key, slot) = self.keyed(p)?;
-        let best = match (slot.get(), self.read_disk(p, key)?.and_then(|e| e.token)) {
-            (Some(m), Some(d)) => Some(m.expires_at().max(d.expires_at())),
-            (Some(m), None) => Some(m.expires_at()),
-            (None, Some(d)) => Some(d.expires_at()),
-            (None, None) => None,
-        };
+        let disk = self.read_disk(p, key)?.unwrap_or_default();
+        let known = merge(
+            Entry {
+                token: slot.get().map(|t| (*t).clone()),
+                endpoint: None,
+                cooldown: slot.cooldown(),
+            },
+            disk,
+        );
         let now = self.clock.now();
-        Ok(match best {
-            None => CacheState::None,
-            Some(at) if now < at => CacheState::Valid(at),
-            Some(at) => CacheState::Expired(at),
+        Ok(Status {
+            cache: match known.token.map(|t| t.expires_at()) {
+                None => CacheState::None,
+                Some(at) if now < at => CacheState::Valid(at),
+                Some(at) => CacheState::Expired(at),
+            },
+            cooldown: known.cooldown.filter(|c| now < c.until),
         })
     }
 

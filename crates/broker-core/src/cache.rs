@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::paths::open_private_dir;
+use crate::paths::{check_private_dir, open_private_dir};
 use crate::token::AccessToken;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -60,6 +60,10 @@ pub struct Cooldown {
     pub kind: ErrorKind,
     /// The failure's message (never holds a secret).
     pub message: String,
+    /// For an outage (`Unavailable`): how many fetches in a row have failed. It outlives `until`, until a fetch
+    /// succeeds: while it is above zero the provider is known to be down, and a fetch makes one attempt, not a
+    /// retry round.
+    pub streak: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +87,8 @@ struct EntryFile {
     cooldown_class: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cooldown_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cooldown_streak: Option<u32>,
 }
 
 fn to_millis(t: SystemTime) -> u64 {
@@ -125,6 +131,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
             until,
             kind,
             message: f.cooldown_message.unwrap_or_default(),
+            streak: f.cooldown_streak.unwrap_or(0),
         }),
         _ => None,
     };
@@ -150,6 +157,7 @@ pub fn encode_entry(entry: &Entry, profile: &str) -> Vec<u8> {
         cooldown_until_ms: entry.cooldown.as_ref().map(|c| to_millis(c.until)),
         cooldown_class: entry.cooldown.as_ref().map(|c| c.kind.as_str().to_owned()),
         cooldown_message: entry.cooldown.as_ref().map(|c| c.message.clone()),
+        cooldown_streak: entry.cooldown.as_ref().map(|c| c.streak).filter(|s| *s > 0),
     };
     serde_json::to_vec(&f).unwrap_or_default()
 }
@@ -216,13 +224,12 @@ impl DiskCache {
     /// (a symlink, another user's file, a file others can write) is `Ok(None)` with a warning, and the next write
     /// replaces it. A cache directory that is not a directory of ours is an error: nothing in it is trusted.
     pub fn read(&self, key: &CacheKey) -> Result<Option<Entry>> {
-        let Some(dir) = open_private_dir(&self.dir, false)? else {
+        if !check_private_dir(&self.dir)? {
             return Ok(None);
-        };
-        let name = Self::entry_name(key);
-        let shown = || self.dir.join(&name).display().to_string();
-        let file = match rustix::fs::openat(&dir, &name, OFlags::RDONLY | at_flags(), Mode::empty())
-        {
+        }
+        let path = self.dir.join(Self::entry_name(key));
+        let shown = || path.display().to_string();
+        let file = match rustix::fs::open(&path, OFlags::RDONLY | at_flags(), Mode::empty()) {
             Ok(fd) => File::from(fd),
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => {
@@ -408,6 +415,7 @@ mod tests {
                     until: now,
                     kind: ErrorKind::Rejected,
                     message: "HTTP 401".into(),
+                    streak: 0,
                 }),
             },
             "p",

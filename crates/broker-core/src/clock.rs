@@ -1,7 +1,12 @@
 //! Time, injected: the cache asks a [`Clock`] so tests can move time without sleeping.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+/// What [`Clock::sleep`] returns.
+pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// A source of wall-clock time. Expiry is wall-clock time because cache entries outlive the process.
 pub trait Clock: Send + Sync + 'static {
@@ -13,6 +18,12 @@ pub trait Clock: Send + Sync + 'static {
     /// Defaults to [`Clock::now`].
     fn now_upper_bound(&self) -> SystemTime {
         self.now()
+    }
+
+    /// Waits `d` on this clock: every wait of the broker (retry backoff) goes through here. Defaults to tokio's
+    /// timer.
+    fn sleep(&self, d: Duration) -> Sleep<'_> {
+        Box::pin(tokio::time::sleep(d))
     }
 }
 
@@ -43,7 +54,9 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to: for tests of expiry and margins.
+/// A clock that only moves when told to: for tests of expiry, margins and retries. Sleeping on it moves it
+/// forward to the wake-up time at once (like tokio's paused clock with auto-advance), so a retry schedule of
+/// thirty seconds runs in microseconds and its times are exact.
 #[derive(Debug)]
 pub struct ManualClock {
     now: Mutex<SystemTime>,
@@ -67,6 +80,17 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sleep(&self, d: Duration) -> Sleep<'_> {
+        Box::pin(async move {
+            {
+                let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+                *now = add_saturating(*now, d);
+            }
+            // Let other tasks see the new time before this one goes on, as a real sleep would.
+            tokio::task::yield_now().await;
+        })
     }
 }
 

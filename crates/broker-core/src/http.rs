@@ -223,13 +223,41 @@ pub fn provider_text(s: &str) -> String {
     out
 }
 
-/// Replaces every occurrence of each non-empty `needle` in `text` with `[redacted]`.
+/// Below this length a secret is redacted only where it stands alone (not inside a longer word), so that a
+/// two-letter test secret does not shred every message; longer ones are redacted wherever they occur.
+const SHORT_SECRET: usize = 8;
+
+/// Replaces each non-empty `needle` in `text` with `[redacted]`: everywhere, or for a short one only where it is not
+/// part of a longer word.
 pub fn redact(text: &str, needles: &[String]) -> String {
     let mut out = text.to_owned();
     for n in needles.iter().filter(|n| !n.is_empty()) {
-        if out.contains(n.as_str()) {
-            out = out.replace(n.as_str(), "[redacted]");
+        if !out.contains(n.as_str()) {
+            continue;
         }
+        if n.chars().count() >= SHORT_SECRET {
+            out = out.replace(n.as_str(), "[redacted]");
+            continue;
+        }
+        let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(n.as_str()) {
+            let before = rest[..at]
+                .chars()
+                .next_back()
+                .or(result.chars().next_back());
+            let after = rest[at + n.len()..].chars().next();
+            result.push_str(&rest[..at]);
+            if word(before) || word(after) {
+                result.push_str(n);
+            } else {
+                result.push_str("[redacted]");
+            }
+            rest = &rest[at + n.len()..];
+        }
+        result.push_str(rest);
+        out = result;
     }
     out
 }

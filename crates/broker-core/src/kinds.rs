@@ -335,6 +335,29 @@ impl HttpProvider {
         }
     }
 
+    /// A rejection says where the credentials came from (never their values), so the user knows what to check:
+    /// `client_secret from env CHILI_CLIENT_SECRET (config.toml:4:17)`.
+    fn explain(&self, e: Error) -> Error {
+        if e.kind() != ErrorKind::Rejected {
+            return e;
+        }
+        let from = |field: &str, source: &SecretSource, at: &str| match at {
+            "" => format!("{field} from {}", source.describe()),
+            at => format!("{field} from {} ({at})", source.describe()),
+        };
+        let msg = format!(
+            "{}; check the credentials: {}, {}",
+            e.message(),
+            from("client_id", &self.client_id, &self.secret_positions[0]),
+            from(
+                "client_secret",
+                &self.client_secret,
+                &self.secret_positions[1]
+            ),
+        );
+        Error::rejected(msg).with_retry_at(e.retry_at())
+    }
+
     /// The other Keycloak layout (with or without `/auth`), when the endpoint is the derived one.
     fn other_layout(&self, endpoint: &str) -> Option<(String, bool)> {
         let TokenEndpoint::Keycloak { server, realm, .. } = &self.endpoint else {
@@ -398,7 +421,7 @@ impl Provider for HttpProvider {
             .map_err(|e| e.context(self.source_context(1)))?;
         self.fetch_with(cx, &id, &secret)
             .await
-            .map_err(|e| e.redacted(&secret_forms(&id, &secret)))
+            .map_err(|e| self.explain(e).redacted(&secret_forms(&id, &secret)))
     }
 }
 

@@ -62,7 +62,7 @@ pub mod middleware;
 pub mod paths;
 pub mod provider;
 
-pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, TokenRequest};
+pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, Status, TokenRequest};
 pub use config::{Config, LoadOptions, Overrides, Settings};
 pub use kinds::HttpProvider;
 pub use provider::{FetchContext, Fetched, Provider};

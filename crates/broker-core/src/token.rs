@@ -123,6 +123,24 @@ impl AccessToken {
         matches!(self.refresh_not_before, Some(t) if now < t)
     }
 
+    /// [`AccessToken::is_fresh`] for a request: a `min_ttl` asked for per call is honoured whole (a token with less
+    /// life left is not fresh, whatever its lifetime), else the profile's `min_ttl` gives the margin.
+    pub fn is_fresh_for(
+        &self,
+        now: SystemTime,
+        per_call: Option<Duration>,
+        min_ttl: Duration,
+    ) -> bool {
+        match per_call {
+            None => self.is_fresh(now, min_ttl),
+            Some(m) => {
+                self.is_valid(now)
+                    && (add_saturating(now, m) < self.expires_at
+                        || matches!(self.refresh_not_before, Some(t) if now < t))
+            }
+        }
+    }
+
     /// Whether both hold the same token string.
     pub fn same_secret(&self, other: &AccessToken) -> bool {
         self.secret.expose_secret() == other.secret.expose_secret()
