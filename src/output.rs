@@ -1,4 +1,4 @@
-//! The output formats of `broker token` (contract §5) and small printing helpers.
+//! The output formats of `broker token` (docs/reference.md §5) and small printing helpers.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};

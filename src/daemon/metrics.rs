@@ -1,4 +1,4 @@
-//! The daemon's Prometheus metrics (contract §6), kept in one mutex-guarded map and rendered as text.
+//! The daemon's Prometheus metrics (docs/reference.md §6), kept in one mutex-guarded map and rendered as text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -1,5 +1,5 @@
 //! `broker daemon`: one process that keeps every token fresh for every local caller, over HTTP/1.1 on a private
-//! Unix socket (contract §6). The CLI side of the exchange is `client.rs`.
+//! Unix socket (docs/reference.md §6). The CLI side of the exchange is `client.rs`.
 
 pub mod client;
 mod listen;

@@ -410,7 +410,7 @@ fn a_provider_that_hands_back_its_cached_token_is_not_asked_again_and_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clock_skew_is_warned_about_once_per_profile() {
-    // The JWT's exp is an hour behind request time + expires_in: the clocks disagree (contract §2).
+    // The JWT's exp is an hour behind request time + expires_in: the clocks disagree (docs/reference.md §2).
     let server = MockServer::start().await;
     let skewed = jwt(&json!({"exp": now_secs() - 3600}));
     Mock::given(method("POST"))

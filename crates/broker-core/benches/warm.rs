@@ -78,7 +78,7 @@ fn warm(c: &mut Criterion) {
 }
 
 /// A warm read of the disk cache (what every `broker token` process does) against `std::fs::read` of the same
-/// entry: the trust checks on the open file (contract: cache trust) must cost next to nothing.
+/// entry: the trust checks on the open file (docs/reference.md §3, trust) must cost next to nothing.
 fn disk(c: &mut Criterion) {
     use broker_core::cache::{DiskCache, Entry};
     let dir = tempfile::tempdir().map_err(|e| e.to_string());

@@ -1,5 +1,5 @@
 //! The broker: profiles, one in-memory slot per cache key, the disk cache, and the refresh logic of
-//! contract §2–§3.
+//! docs/reference.md §2–§3.
 
 use std::collections::HashMap;
 
@@ -199,7 +199,7 @@ struct Profile {
     policy: Policy,
     /// The key and its slot, computed on first use (it may read an env var or a file).
     keyed: OnceLock<(CacheKey, Arc<Slot>)>,
-    /// Clock skew is warned about once per profile (contract §2); later fetches say it at debug level.
+    /// Clock skew is warned about once per profile (docs/reference.md §2); later fetches say it at debug level.
     skew_warned: std::sync::atomic::AtomicBool,
 }
 

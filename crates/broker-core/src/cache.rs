@@ -1,4 +1,4 @@
-//! The token cache on disk (contract §3): one versioned JSON entry per key, 0600 in a 0700 directory,
+//! The token cache on disk (docs/reference.md §3): one versioned JSON entry per key, 0600 in a 0700 directory,
 //! written by temp file + fsync + rename + directory fsync, with a separate `.lock` file per key.
 
 use std::fs::{self, File};

@@ -1,5 +1,5 @@
 //! The config model: provider definitions and profiles, loaded from TOML with positions kept, merged
-//! by the precedence of contract §1, and resolved into concrete [`Settings`].
+//! by the precedence of docs/reference.md §1, and resolved into concrete [`Settings`].
 //!
 //! Files are walked by hand over `toml::de::DeTable` (which keeps spans) rather than through serde derive,
 //! so every error names file, line and column, and unknown keys get the closest valid name.
@@ -1103,7 +1103,7 @@ impl LoadOptions {
 }
 
 impl Config {
-    /// Loads built-in providers, the user's providers and the config file (contract §1).
+    /// Loads built-in providers, the user's providers and the config file (docs/reference.md §1).
     pub fn load(opts: &LoadOptions) -> Result<Config> {
         let mut files = Vec::new();
         for (name, text) in &opts.builtin_providers {
@@ -1713,6 +1713,36 @@ max_ttl = "2h"
         let ok = load("", "[profiles.x]\nkind = \"oauth2\"\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"a\"\nclient_secret = \"b\"\n")
             .and_then(|c| c.resolve("x", &Overrides::default()));
         assert!(ok.is_ok());
+    }
+
+    /// docs/providers.md's field table names exactly the fields the code accepts (docs/reference.md §1).
+    #[test]
+    fn the_field_reference_lists_every_field_and_no_other() {
+        let doc = include_str!("../../../docs/providers.md");
+        let table = doc
+            .split("## Fields")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or("");
+        let mut documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" |").next())
+            .flat_map(|cell| cell.split(", "))
+            .filter_map(|name| name.strip_prefix('`')?.strip_suffix('`'))
+            .collect();
+        documented.sort_unstable();
+        let mut accepted: Vec<&str> = Fields::NAMES
+            .iter()
+            .copied()
+            .chain(["provider", "environment"]) // profile tables
+            .chain(["description", "default_environment", "environments"]) // provider files
+            .collect();
+        accepted.sort_unstable();
+        assert_eq!(
+            documented, accepted,
+            "docs/providers.md's field table is stale"
+        );
     }
 
     #[test]

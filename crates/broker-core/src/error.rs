@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-/// What kind of failure happened. Each maps to one exit code of the CLI (contract §4).
+/// What kind of failure happened. Each maps to one exit code of the CLI (docs/reference.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {

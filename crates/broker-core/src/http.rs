@@ -1,5 +1,5 @@
 //! Talking to token endpoints: the HTTP client (rustls, no redirects, explicit timeouts, a body cap, the
-//! system proxy) and the classification of answers of contract §4.
+//! system proxy) and the classification of answers of docs/reference.md §4.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -125,7 +125,7 @@ pub fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
         .and_then(crate::clock::from_unix)
 }
 
-/// Classifies a token endpoint's answer (contract §4, rules 2–7; rule 1 is [`send`]'s).
+/// Classifies a token endpoint's answer (docs/reference.md §4, rules 2–7; rule 1 is [`send`]'s).
 pub fn classify(answer: &Answer, now: SystemTime) -> Result<TokenResponse> {
     let status = answer.status;
     let oauth = oauth_error(&answer.body);

@@ -1,4 +1,4 @@
-//! XDG directories (contract §1, §3) and private directories. The only place besides `secret` that
+//! XDG directories (docs/reference.md §1, §3) and private directories. The only place besides `secret` that
 //! reads the process environment.
 
 use std::fs;

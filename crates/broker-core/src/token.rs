@@ -1,5 +1,5 @@
 //! Tokens and their lifetimes: parsing a token endpoint's answer, reading a JWT's claims without
-//! verifying it, and the expiry rules of contract §2.
+//! verifying it, and the expiry rules of docs/reference.md §2.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::{add_saturating, from_unix};
 
-/// Clocks that disagree by more than this are reported (contract §2).
+/// Clocks that disagree by more than this are reported (docs/reference.md §2).
 pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// Shortest pause before asking again after a server handed back the token it had already given.
@@ -78,7 +78,7 @@ impl AccessToken {
     }
 
     /// Before this time the broker does not ask the provider again, even inside the margin:
-    /// set when the provider handed back a token it had already given (contract §2).
+    /// set when the provider handed back a token it had already given (docs/reference.md §2).
     pub fn refresh_not_before(&self) -> Option<SystemTime> {
         self.refresh_not_before
     }
@@ -305,7 +305,7 @@ pub enum LifetimeNote {
     CutToMaxTtl,
 }
 
-/// Applies contract §2 to a response: `expires_in` from `requested_at` first, the JWT `exp` next,
+/// Applies docs/reference.md §2 to a response: `expires_in` from `requested_at` first, the JWT `exp` next,
 /// `default_ttl` last; cut to `max_ttl`. Returns the token and what deserves a warning.
 pub fn into_token(
     resp: TokenResponse,
