@@ -50,8 +50,8 @@ pub use error::{Error, ErrorKind, Result};
 
 /// The built-in provider definitions (`providers/*.toml` of the repository), as `(name, TOML text)`.
 pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
-    ("ion", include_str!("../../../providers/ion.toml")),
-    ("chili", include_str!("../../../providers/chili.toml")),
+    ("ion", include_str!("../providers/ion.toml")),
+    ("chili", include_str!("../providers/chili.toml")),
 ];
 pub mod broker;
 pub mod cache;
