@@ -556,10 +556,7 @@ async fn token(
         m.request(label, "unknown_profile");
         let names: Vec<&str> = loaded.names.iter().map(String::as_str).collect();
         return error_response(
-            &Error::config(format!(
-                "unknown profile `{profile}`; known profiles: {}",
-                names.join(", ")
-            )),
+            &broker_core::error::unknown_profile(&profile, &names, &[]),
             StatusCode::NOT_FOUND,
         );
     }

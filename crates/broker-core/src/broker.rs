@@ -405,22 +405,11 @@ impl Broker {
         match self.profiles.get(name) {
             Some(Ok(p)) => Ok(p),
             Some(Err(e)) => Err(e.clone()),
-            None => {
-                let names = self.profile_names();
-                let mut msg = format!("unknown profile `{name}`");
-                if let Some(c) = crate::config::closest(name, names.iter().copied()) {
-                    msg.push_str(&format!("; did you mean `{c}`?"));
-                }
-                msg.push_str(&format!(
-                    "; known profiles: {}",
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                ));
-                Err(Error::config(msg))
-            }
+            None => Err(crate::error::unknown_profile(
+                name,
+                &self.profile_names(),
+                &[],
+            )),
         }
     }
 

@@ -146,5 +146,25 @@ impl Error {
     }
 }
 
+/// The one "unknown profile" error, wherever a name is looked up: the closest known name, then the known ones, or
+/// (when there are none) the files that were read.
+pub fn unknown_profile(name: &str, known: &[&str], files_read: &[String]) -> Error {
+    let mut msg = format!("unknown profile `{name}`");
+    if let Some(c) = crate::config::closest(name, known.iter().copied()) {
+        msg.push_str(&format!("; did you mean `{c}`?"));
+    }
+    if !known.is_empty() {
+        msg.push_str(&format!("; known profiles: {}", known.join(", ")));
+    } else if files_read.is_empty() {
+        msg.push_str("; no profiles are configured");
+    } else {
+        msg.push_str(&format!(
+            "; no profiles are configured (files read: {})",
+            files_read.join(", ")
+        ));
+    }
+    Error::config(msg)
+}
+
 /// The result type of the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

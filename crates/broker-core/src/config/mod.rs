@@ -1,0 +1,217 @@
+//! The config model: provider definitions and profiles, loaded from TOML with positions kept, merged
+//! by the precedence of docs/reference.md §1, and resolved into concrete [`Settings`].
+//!
+//! Files are walked by hand over `toml::de::DeTable` (which keeps spans) rather than through serde derive,
+//! so every error names file, line and column, and unknown keys get the closest valid name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::secret::SecretSource;
+
+mod load;
+mod resolve;
+mod settings;
+mod source;
+#[cfg(test)]
+mod tests;
+mod values;
+mod vocab;
+
+#[allow(unused_imports)]
+use load::*;
+pub use resolve::*;
+pub use settings::*;
+pub use source::*;
+pub use values::*;
+pub use vocab::*;
+
+/// One environment of a provider.
+#[derive(Debug, Clone)]
+pub struct EnvironmentDef {
+    /// Other names that select it (`sandbox` for `staging`).
+    pub aliases: Vec<String>,
+    /// Its settings.
+    pub fields: Fields,
+}
+
+/// A provider definition: a built-in `providers/*.toml` or a user's file.
+#[derive(Debug, Clone)]
+pub struct ProviderDef {
+    /// The name (the file's stem).
+    pub name: String,
+    /// One line for `broker providers`.
+    pub description: Option<String>,
+    /// Where it was read from.
+    pub source: String,
+    /// Top-level settings.
+    pub fields: Fields,
+    /// The environment used when a profile names none.
+    pub default_environment: Option<Located<String>>,
+    /// Environments by name.
+    pub environments: BTreeMap<String, EnvironmentDef>,
+}
+
+impl ProviderDef {
+    /// The environment `name` or one of its aliases, as `(canonical name, definition)`.
+    pub fn environment(&self, name: &str) -> Option<(&str, &EnvironmentDef)> {
+        self.environments
+            .iter()
+            .find(|(n, e)| *n == name || e.aliases.iter().any(|a| a == name))
+            .map(|(n, e)| (n.as_str(), e))
+    }
+}
+
+/// A `[profiles.<name>]` table.
+#[derive(Debug, Clone)]
+pub struct ProfileDef {
+    /// The profile's name.
+    pub name: String,
+    /// Where the table starts.
+    pub origin: Origin,
+    /// `provider = "..."`.
+    pub provider: Option<Located<String>>,
+    /// `environment = "..."`.
+    pub environment: Option<Located<String>>,
+    /// The profile's own settings.
+    pub fields: Fields,
+}
+
+/// Values from the command line, the top layer of precedence.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--min-ttl`.
+    pub min_ttl: Option<Duration>,
+    /// `--scope`.
+    pub scope: Option<String>,
+    /// `--audience`.
+    pub audience: Option<String>,
+}
+
+/// Where the config comes from.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Built-in provider definitions as `(name, TOML text)`.
+    pub builtin_providers: Vec<(String, String)>,
+    /// The user's provider directory (`$XDG_CONFIG_HOME/broker/providers`); skipped when absent.
+    pub providers_dir: Option<PathBuf>,
+    /// The config file.
+    pub config_file: Option<PathBuf>,
+    /// Whether a missing config file is an error (it is when the user named it).
+    pub config_file_required: bool,
+}
+
+/// Everything loaded: providers, defaults and profiles.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    providers: BTreeMap<String, ProviderDef>,
+    defaults: Fields,
+    profiles: BTreeMap<String, ProfileDef>,
+    files: Vec<String>,
+    fingerprint: String,
+}
+
+/// A profile's settings after precedence and defaults: what a provider is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Profile name.
+    pub profile: String,
+    /// Provider definition name, if the profile uses one.
+    pub provider: Option<String>,
+    /// Canonical environment name, if any.
+    pub environment: Option<String>,
+    /// Wire kind.
+    pub kind: Kind,
+    /// Keycloak server base.
+    pub auth_server: Option<Url>,
+    /// Keycloak realm.
+    pub realm: Option<String>,
+    /// Keycloak `/auth` layout.
+    pub legacy_path: bool,
+    /// Explicit token endpoint.
+    pub token_url: Option<Url>,
+    /// Issuer for discovery.
+    pub issuer: Option<Url>,
+    /// API endpoint.
+    pub api: Option<Url>,
+    /// Web app.
+    pub app: Option<Url>,
+    /// Client id source.
+    pub client_id: SecretSource,
+    /// Client secret source.
+    pub client_secret: SecretSource,
+    /// Where `client_id` and `client_secret` were set (`file:line:col`), for errors of their sources.
+    pub secret_positions: [String; 2],
+    /// Client authentication.
+    pub auth: AuthMethod,
+    /// Body encoding.
+    pub body: BodyFormat,
+    /// `audience`.
+    pub audience: Option<String>,
+    /// `scope`.
+    pub scope: Option<String>,
+    /// `resource`.
+    pub resource: Option<String>,
+    /// Extra parameters.
+    pub params: BTreeMap<String, String>,
+    /// Header template.
+    pub header: String,
+    /// `broker exec` variable.
+    pub token_env: Option<String>,
+    /// Default 60 s.
+    pub min_ttl: Duration,
+    /// Default 300 s.
+    pub default_ttl: Duration,
+    /// Default 24 h.
+    pub max_ttl: Duration,
+    /// Default disk.
+    pub cache: CacheMode,
+    /// Default 15 s.
+    pub timeout: Duration,
+    /// Default 5 s.
+    pub connect_timeout: Duration,
+    /// Default 30 s.
+    pub retry: Duration,
+    /// Default 30 s: after a rejection the provider is not asked again for this long.
+    pub cooldown: Duration,
+    /// Default 1 h: the longest cool-down, whatever a provider's `Retry-After` asks.
+    pub max_cooldown: Duration,
+    /// Extra PEM roots.
+    pub ca_file: Option<PathBuf>,
+    /// Permit plain HTTP to a non-loopback host.
+    pub allow_http: bool,
+    /// Hosts `broker git-credential` answers for; empty means the `api` host.
+    pub git_hosts: Vec<String>,
+    /// A token file the daemon keeps fresh.
+    pub sink: Option<Sink>,
+}
+
+/// Default `min_ttl`.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(60);
+/// Default `default_ttl`.
+pub const DEFAULT_DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Default `max_ttl`.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default retry budget.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(30);
+/// Default cool-down after a rejection.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Default `max_cooldown`.
+pub const DEFAULT_MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+/// Default header template.
+pub const DEFAULT_HEADER: &str = "Authorization: Bearer {token}";

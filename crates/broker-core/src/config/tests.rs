@@ -1,0 +1,205 @@
+use super::*;
+
+fn load(provider: &str, config: &str) -> Result<Config> {
+    let dir = tempfile::tempdir().map_err(|e| Error::internal(e.to_string()))?;
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).map_err(|e| Error::internal(e.to_string()))?;
+    Config::load(&LoadOptions {
+        builtin_providers: vec![("p".into(), provider.into())],
+        providers_dir: None,
+        config_file: Some(path),
+        config_file_required: true,
+    })
+}
+
+const PROVIDER: &str = r#"
+kind = "keycloak"
+realm = "api-keys"
+default_environment = "production"
+header = "Authorization: {token}"
+[environments.production]
+auth_server = "https://auth.example.com"
+[environments.staging]
+aliases = ["sandbox"]
+auth_server = "https://staging-auth.example.com"
+min_ttl = "2m"
+"#;
+
+fn err(provider: &str, config: &str) -> String {
+    load(provider, config)
+        .and_then(|c| c.resolve("x", &Overrides::default()))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn precedence_is_provider_env_defaults_profile_cli() {
+    let c = load(
+        PROVIDER,
+        r#"
+[defaults]
+min_ttl = "3m"
+max_ttl = "1h"
+[profiles.x]
+provider = "p"
+environment = "sandbox"
+client_id = "id"
+client_secret = "s"
+max_ttl = "2h"
+"#,
+    );
+    let s = c.and_then(|c| {
+        c.resolve(
+            "x",
+            &Overrides {
+                scope: Some("a b".into()),
+                ..Default::default()
+            },
+        )
+    });
+    let s = s.map_err(|e| e.to_string());
+    let s = match s {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(s.environment.as_deref(), Some("staging"));
+    assert_eq!(
+        s.auth_server.as_ref().map(Url::as_str),
+        Some("https://staging-auth.example.com/")
+    );
+    assert_eq!(s.min_ttl, Duration::from_secs(180));
+    assert_eq!(s.max_ttl, Duration::from_secs(7200));
+    assert_eq!(s.scope.as_deref(), Some("a b"));
+    assert_eq!(s.header, "Authorization: {token}");
+    assert_eq!(
+        s.configured_endpoint(),
+        "https://staging-auth.example.com/realms/api-keys/protocol/openid-connect/token"
+    );
+}
+
+#[test]
+fn unknown_key_names_file_line_column_and_closest() {
+    let e = err(
+        PROVIDER,
+        "[profiles.x]\nprovider = \"p\"\nclinet_id = \"a\"\n",
+    );
+    assert!(
+        e.contains("config.toml:3:1: unknown key `clinet_id`"),
+        "{e}"
+    );
+    assert!(e.contains("did you mean `client_id`?"), "{e}");
+}
+
+#[test]
+fn unknown_environment_suggests() {
+    let e = err(PROVIDER, "[profiles.x]\nprovider = \"p\"\nenvironment = \"stagin\"\nclient_id = \"a\"\nclient_secret = \"b\"\n");
+    assert!(e.contains("config.toml:3:15:"), "{e}");
+    assert!(e.contains("did you mean `staging`?"), "{e}");
+}
+
+#[test]
+fn wrong_type_and_syntax_errors_have_positions() {
+    let e = err(PROVIDER, "[profiles.x]\nmin_ttl = 5\n");
+    assert!(
+        e.contains("config.toml:2:11: `min_ttl` must be a duration"),
+        "{e}"
+    );
+    let e = err(PROVIDER, "[profiles.x\n");
+    assert!(
+        e.contains("config.toml:1:") && e.contains("TOML syntax error"),
+        "{e}"
+    );
+}
+
+#[test]
+fn plain_http_to_remote_hosts_is_refused() {
+    let e = err("", "[profiles.x]\nkind = \"oauth2\"\ntoken_url = \"http://example.com/token\"\nclient_id = \"a\"\nclient_secret = \"b\"\n");
+    assert!(
+        e.contains("config.toml:3:13:") && e.contains("allow_http"),
+        "{e}"
+    );
+    let ok = load("", "[profiles.x]\nkind = \"oauth2\"\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"a\"\nclient_secret = \"b\"\n")
+        .and_then(|c| c.resolve("x", &Overrides::default()));
+    assert!(ok.is_ok());
+}
+
+/// docs/providers.md's field table names exactly the fields the code accepts (docs/reference.md §1).
+#[test]
+fn the_field_reference_lists_every_field_and_no_other() {
+    let doc = include_str!("../../../../docs/providers.md");
+    let table = doc
+        .split("## Fields")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or("");
+    let mut documented: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" |").next())
+        .flat_map(|cell| cell.split(", "))
+        .filter_map(|name| name.strip_prefix('`')?.strip_suffix('`'))
+        .collect();
+    documented.sort_unstable();
+    let mut accepted: Vec<&str> = Fields::NAMES
+        .iter()
+        .copied()
+        .chain(["provider", "environment"]) // profile tables
+        .chain(["description", "default_environment", "environments"]) // provider files
+        .collect();
+    accepted.sort_unstable();
+    assert_eq!(
+        documented, accepted,
+        "docs/providers.md's field table is stale"
+    );
+}
+
+#[test]
+fn excerpts_never_show_a_literal_secret() {
+    let check = |line: &str, col: usize, width: usize, want: (&str, usize, usize)| {
+        let (l, c, w) = redact_line(line, col, width);
+        assert_eq!((l.as_str(), c, w), want, "{line}");
+    };
+    check(
+        r#"client_secret = "hunter2", bogus = 1"#,
+        27,
+        5,
+        (r#"client_secret = "[redacted]", bogus = 1"#, 30, 5),
+    );
+    check(
+        r#"client_id = 'abc"#,
+        12,
+        4,
+        (r#"client_id = '[redacted]"#, 12, 11),
+    );
+    check(
+        r#""private_key"="a\"b" x"#,
+        0,
+        1,
+        (r#""private_key"="[redacted]" x"#, 0, 1),
+    );
+    check(
+        "client_secret = { env = \"X\" }",
+        0,
+        1,
+        ("client_secret = { env = \"X\" }", 0, 1),
+    );
+    let err = Config::parse("[profiles.p]\nkind = \"oauth2\"\nclient_secret = \"hunter2\nx = 1\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn unknown_profile_lists_known_ones() {
+    let e = load(PROVIDER, "[profiles.ion-prod]\nprovider = \"p\"\n")
+        .and_then(|c| c.resolve("ion-prd", &Overrides::default()))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("did you mean `ion-prod`?") && e.contains("known profiles: ion-prod"),
+        "{e}"
+    );
+}

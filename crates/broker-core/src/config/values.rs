@@ -1,0 +1,321 @@
+//! Value parsers: each field's TOML value checked and converted, with errors at the value's position.
+
+use super::*;
+
+pub(super) type Val<'a> = Spanned<DeValue<'a>>;
+
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a Arc<SourceFile>,
+    /// Set when the file holds a literal secret, so its permissions are worth a look.
+    pub(super) literal_secret: std::cell::Cell<bool>,
+}
+
+impl Ctx<'_> {
+    pub(super) fn origin(&self, span: Range<usize>) -> Origin {
+        Origin {
+            file: Some(self.file.clone()),
+            span,
+        }
+    }
+    pub(super) fn err(
+        &self,
+        span: Range<usize>,
+        message: impl fmt::Display,
+        hint: Option<String>,
+    ) -> Error {
+        self.file.error(span, message, hint)
+    }
+    pub(super) fn wrong_type(&self, key: &str, v: &Val<'_>, want: &str) -> Error {
+        self.err(
+            v.span(),
+            format!("`{key}` must be {want}, found {}", v.get_ref().type_str()),
+            None,
+        )
+    }
+    pub(super) fn string<'v>(&self, key: &str, v: &'v Val<'_>) -> Result<&'v str> {
+        v.get_ref()
+            .as_str()
+            .ok_or_else(|| self.wrong_type(key, v, "a string"))
+    }
+    pub(super) fn table<'v, 'i>(&self, key: &str, v: &'v Val<'i>) -> Result<&'v DeTable<'i>> {
+        v.get_ref()
+            .as_table()
+            .ok_or_else(|| self.wrong_type(key, v, "a table"))
+    }
+    pub(super) fn unknown_key(
+        &self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        valid: &[&str],
+        what: &str,
+    ) -> Error {
+        let hint = closest(key.get_ref(), valid.iter().copied())
+            .map(|c| format!("did you mean `{c}`?"))
+            .or_else(|| Some(format!("valid keys here: {}", valid.join(", "))));
+        self.err(
+            key.span(),
+            format!("unknown key `{}` in {what}", key.get_ref()),
+            hint,
+        )
+    }
+}
+
+/// The closest of `candidates` to `word`, if any is close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+pub(super) fn p_str(cx: &Ctx, key: &str, v: &Val) -> Result<String> {
+    Ok(cx.string(key, v)?.to_owned())
+}
+
+/// A token file the daemon rewrites atomically on every refresh, for programs that only read files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sink {
+    /// Where (a leading `~/` is the home directory).
+    pub path: PathBuf,
+    /// `token`, `header` or `json`, as `broker token --format`.
+    pub format: String,
+    /// File mode; default 0600.
+    pub mode: u32,
+    /// The file's owner, a user name or a numeric uid (a daemon running as root writes for another user).
+    pub owner: Option<String>,
+    /// The file's group, a group name or a numeric gid.
+    pub group: Option<String>,
+}
+
+pub(super) fn p_sink(cx: &Ctx, key: &str, v: &Val) -> Result<Sink> {
+    let t = cx.table(key, v)?;
+    let mut sink = Sink {
+        path: PathBuf::new(),
+        format: "token".into(),
+        mode: 0o600,
+        owner: None,
+        group: None,
+    };
+    for (k, val) in t.iter() {
+        match k.get_ref().as_ref() {
+            "path" => sink.path = p_path(cx, "path", val)?,
+            "format" => {
+                sink.format = p_choice(
+                    cx,
+                    "format",
+                    val,
+                    &[("token", "token"), ("header", "header"), ("json", "json")],
+                )?
+                .to_owned()
+            }
+            "mode" => {
+                let s = cx.string("mode", val)?;
+                sink.mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777 && m & 0o022 == 0)
+                    .ok_or_else(|| cx.err(val.span(), "`mode` must be an octal file mode no one else can write, like \"0600\" or \"0640\"", None))?;
+            }
+            which @ ("owner" | "group") => {
+                let id = match val.get_ref() {
+                    DeValue::Integer(i) => i.as_str().to_owned(),
+                    DeValue::String(s) if !s.is_empty() => s.to_string(),
+                    _ => return Err(cx.wrong_type(which, val, "a name or a number")),
+                };
+                if which == "owner" {
+                    sink.owner = Some(id);
+                } else {
+                    sink.group = Some(id);
+                }
+            }
+            _ => {
+                return Err(cx.unknown_key(
+                    k,
+                    &["path", "format", "mode", "owner", "group"],
+                    "a sink",
+                ))
+            }
+        }
+    }
+    if sink.path.as_os_str().is_empty() {
+        return Err(cx.err(v.span(), "a sink needs a `path`", None));
+    }
+    Ok(sink)
+}
+
+pub(super) fn p_str_list(cx: &Ctx, key: &str, v: &Val) -> Result<Vec<String>> {
+    let arr = v
+        .get_ref()
+        .as_array()
+        .ok_or_else(|| cx.wrong_type(key, v, "an array of strings"))?;
+    arr.iter().map(|a| p_str(cx, key, a)).collect()
+}
+
+pub(super) fn p_bool(cx: &Ctx, key: &str, v: &Val) -> Result<bool> {
+    v.get_ref()
+        .as_bool()
+        .ok_or_else(|| cx.wrong_type(key, v, "true or false"))
+}
+
+pub(super) fn p_url(cx: &Ctx, key: &str, v: &Val) -> Result<Url> {
+    let s = cx.string(key, v)?;
+    let url = Url::parse(s).map_err(|e| {
+        let hint = (!s.contains("://")).then(|| format!("write a full URL, e.g. `https://{s}`"));
+        cx.err(v.span(), format!("`{key}` is not a valid URL: {e}"), hint)
+    })?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(cx.err(v.span(), format!("`{key}` must be an http(s) URL"), None));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(cx.err(v.span(), format!("`{key}` has no host"), None));
+    }
+    Ok(url)
+}
+
+pub(super) fn p_path(cx: &Ctx, key: &str, v: &Val) -> Result<PathBuf> {
+    Ok(PathBuf::from(cx.string(key, v)?))
+}
+
+pub(super) fn p_duration(cx: &Ctx, key: &str, v: &Val) -> Result<Duration> {
+    let s = v.get_ref().as_str().ok_or_else(|| {
+        cx.wrong_type(
+            key,
+            v,
+            "a duration string such as \"90s\", \"5m\" or \"1h30m\"",
+        )
+    })?;
+    crate::duration::parse(s).map_err(|e| cx.err(v.span(), format!("`{key}`: {e}"), None))
+}
+
+pub(super) fn p_header(cx: &Ctx, key: &str, v: &Val) -> Result<String> {
+    let s = cx.string(key, v)?;
+    if !s.contains("{token}") {
+        return Err(cx.err(
+            v.span(),
+            format!("`{key}` must contain `{{token}}`"),
+            Some("for example \"Authorization: Bearer {token}\"".into()),
+        ));
+    }
+    let name = s.split(':').next().unwrap_or("");
+    if !s.contains(':') || name.trim().is_empty() || name.contains(char::is_whitespace) {
+        return Err(cx.err(
+            v.span(),
+            format!("`{key}` must be a header line `Name: value`"),
+            Some("for example \"Authorization: Bearer {token}\"".into()),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+pub(super) fn p_choice<T: Copy>(cx: &Ctx, key: &str, v: &Val, choices: &[(&str, T)]) -> Result<T> {
+    let s = cx.string(key, v)?;
+    choices
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            let hint = closest(s, names.iter().copied()).map_or_else(
+                || format!("one of: {}", names.join(", ")),
+                |c| format!("did you mean `{c}`?"),
+            );
+            cx.err(v.span(), format!("unknown {key} `{s}`"), Some(hint))
+        })
+}
+
+pub(super) fn p_kind(cx: &Ctx, key: &str, v: &Val) -> Result<Kind> {
+    p_choice(
+        cx,
+        key,
+        v,
+        &[
+            ("keycloak", Kind::Keycloak),
+            ("auth0", Kind::Auth0),
+            ("oauth2", Kind::OAuth2),
+        ],
+    )
+}
+
+pub(super) fn p_auth(cx: &Ctx, key: &str, v: &Val) -> Result<AuthMethod> {
+    p_choice(
+        cx,
+        key,
+        v,
+        &[
+            ("client_secret_post", AuthMethod::ClientSecretPost),
+            ("client_secret_basic", AuthMethod::ClientSecretBasic),
+        ],
+    )
+}
+
+pub(super) fn p_body(cx: &Ctx, key: &str, v: &Val) -> Result<BodyFormat> {
+    p_choice(
+        cx,
+        key,
+        v,
+        &[("form", BodyFormat::Form), ("json", BodyFormat::Json)],
+    )
+}
+
+pub(super) fn p_cache(cx: &Ctx, key: &str, v: &Val) -> Result<CacheMode> {
+    p_choice(
+        cx,
+        key,
+        v,
+        &[
+            ("disk", CacheMode::Disk),
+            ("memory", CacheMode::Memory),
+            ("none", CacheMode::None),
+        ],
+    )
+}
+
+pub(super) fn p_params(cx: &Ctx, key: &str, v: &Val) -> Result<BTreeMap<String, String>> {
+    let t = cx.table(key, v)?;
+    let mut out = BTreeMap::new();
+    for (k, val) in t.iter() {
+        out.insert(k.get_ref().to_string(), p_str(cx, k.get_ref(), val)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
+    match v.get_ref() {
+        DeValue::String(s) => {
+            if key == "client_secret" {
+                cx.literal_secret.set(true);
+            }
+            Ok(SecretSource::Literal(SecretString::from(s.to_string())))
+        }
+        DeValue::Table(t) => {
+            let mut entries = t.iter();
+            let (Some((k, val)), None) = (entries.next(), entries.next()) else {
+                return Err(cx.err(
+                    v.span(),
+                    format!("`{key}` must name exactly one source"),
+                    Some("{ env = \"NAME\" }, { file = \"PATH\" } or { command = [\"prog\", \"arg\"] }".into()),
+                ));
+            };
+            match k.get_ref().as_ref() {
+                "env" => Ok(SecretSource::Env(p_str(cx, "env", val)?)),
+                "file" => Ok(SecretSource::File(PathBuf::from(cx.string("file", val)?))),
+                "command" => {
+                    let arr = val
+                        .get_ref()
+                        .as_array()
+                        .ok_or_else(|| cx.wrong_type("command", val, "an array of strings"))?;
+                    let argv = arr
+                        .iter()
+                        .map(|a| p_str(cx, "command", a))
+                        .collect::<Result<Vec<_>>>()?;
+                    if argv.is_empty() {
+                        return Err(cx.err(val.span(), "`command` is empty", None));
+                    }
+                    Ok(SecretSource::Command(argv))
+                }
+                _ => Err(cx.unknown_key(k, &["env", "file", "command"], "a secret source")),
+            }
+        }
+        _ => Err(cx.wrong_type(key, v, "a string or a secret source table")),
+    }
+}
