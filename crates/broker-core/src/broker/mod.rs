@@ -1,0 +1,415 @@
+//! The broker: profiles, one in-memory slot per cache key, the disk cache; the refresh logic of docs/reference.md
+//! §2–§4 is in `refresh.rs`.
+
+use std::collections::HashMap;
+
+/// Profile names come from config, not from the network: a fast non-DoS-resistant hash is fine.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use tracing::Instrument;
+
+mod refresh;
+mod slot;
+
+use refresh::*;
+use slot::Slot;
+
+use crate::cache::{CacheKey, Cooldown, DiskCache, Entry};
+use crate::clock::{add_saturating, Clock, SystemClock};
+use crate::config::{CacheMode, Config, Overrides, Settings};
+use crate::error::{Error, ErrorKind, Result};
+use crate::kinds::HttpProvider;
+use crate::provider::{FetchContext, Provider};
+use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_TOKEN_PAUSE_FLOOR};
+
+/// Told about every upstream request, for metrics. Defaults to nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// A token request to `profile`'s provider finished after `took`: `Ok(())` or the failure's class.
+    fn upstream(&self, profile: &str, outcome: std::result::Result<(), ErrorKind>, took: Duration);
+
+    /// Attempt `attempt` of a fetch for `profile` failed with `error` (an outage); the next one is in `next_in`.
+    /// Defaults to nothing.
+    fn retrying(&self, profile: &str, attempt: u32, error: &Error, next_in: Duration) {
+        let _ = (profile, attempt, error, next_in);
+    }
+}
+
+/// How a profile's tokens are kept.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Minimum remaining life of a token served from cache. Defaults to 60 seconds.
+    pub min_ttl: Duration,
+    /// Lifetime rules for new tokens. Defaults to 300 s assumed, 24 h at most.
+    pub lifetime: LifetimePolicy,
+    /// Where tokens are cached. Defaults to disk.
+    pub cache: CacheMode,
+    /// How long to wait for another process's fetch (the cross-process lock). Defaults to 50 seconds.
+    pub lock_wait: Duration,
+    /// Total time spent retrying `unavailable` answers when no valid token is cached. Defaults to 30 seconds.
+    pub retry: Duration,
+    /// After a `rejected` answer the provider is not asked again for this long. Defaults to 30 seconds.
+    pub cooldown: Duration,
+    /// No cool-down lasts longer than this, whatever the provider asks. Defaults to 1 hour.
+    pub max_cooldown: Duration,
+    /// The header line a token goes in, with `{token}`. Defaults to `Authorization: Bearer {token}`.
+    pub header: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_ttl: crate::config::DEFAULT_MIN_TTL,
+            lifetime: LifetimePolicy {
+                default_ttl: crate::config::DEFAULT_DEFAULT_TTL,
+                max_ttl: crate::config::DEFAULT_MAX_TTL,
+            },
+            cache: CacheMode::Disk,
+            lock_wait: crate::config::DEFAULT_RETRY
+                + crate::config::DEFAULT_TIMEOUT
+                + crate::config::DEFAULT_CONNECT_TIMEOUT,
+            retry: crate::config::DEFAULT_RETRY,
+            cooldown: crate::config::DEFAULT_COOLDOWN,
+            max_cooldown: crate::config::DEFAULT_MAX_COOLDOWN,
+            header: crate::config::DEFAULT_HEADER.to_owned(),
+        }
+    }
+}
+
+impl Policy {
+    /// The policy a profile's settings describe.
+    pub fn from_settings(s: &Settings) -> Self {
+        Policy {
+            min_ttl: s.min_ttl,
+            lifetime: LifetimePolicy {
+                default_ttl: s.default_ttl,
+                max_ttl: s.max_ttl,
+            },
+            cache: s.cache,
+            lock_wait: s
+                .retry
+                .saturating_add(s.timeout)
+                .saturating_add(s.connect_timeout),
+            retry: s.retry,
+            cooldown: s.cooldown,
+            max_cooldown: s.max_cooldown,
+            header: s.header.clone(),
+        }
+    }
+}
+
+/// Options of one token request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenRequest {
+    /// Overrides the profile's `min_ttl` for this request.
+    pub min_ttl: Option<Duration>,
+    /// Ask the provider even if a fresh token is cached.
+    pub force_refresh: bool,
+    /// Ask the provider even if a fresh token is cached, but not during a cool-down: for refreshing ahead of
+    /// expiry in the background.
+    pub refresh_ahead: bool,
+}
+
+impl TokenRequest {
+    fn skips_cache(&self) -> bool {
+        self.force_refresh || self.refresh_ahead
+    }
+}
+
+/// The cache state of a profile, for `broker list`.
+#[derive(Debug, Clone)]
+pub enum CacheState {
+    /// No token cached.
+    None,
+    /// A token valid until the given time.
+    Valid(SystemTime),
+    /// A token that expired at the given time.
+    Expired(SystemTime),
+}
+
+/// What the broker knows of a profile without asking its provider (see [`Broker::status`]).
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The cached token's state.
+    pub cache: CacheState,
+    /// A cool-down (after a rejection or a 429 that named a time) or a remembered outage, in force: the provider
+    /// is not asked before its `until`.
+    pub cooldown: Option<Cooldown>,
+}
+
+struct Profile {
+    name: String,
+    provider: Arc<dyn Provider>,
+    policy: Policy,
+    /// The key and its slot, computed on first use (it may read an env var or a file).
+    keyed: OnceLock<(CacheKey, Arc<Slot>)>,
+    /// Clock skew is warned about once per profile (docs/reference.md §2); later fetches say it at debug level.
+    skew_warned: std::sync::atomic::AtomicBool,
+}
+
+/// Builds a [`Broker`].
+pub struct BrokerBuilder {
+    pool: Arc<crate::kinds::ClientPool>,
+    observer: Option<Arc<dyn Observer>>,
+    clock: Arc<dyn Clock>,
+    http: Option<reqwest::Client>,
+    disk: Option<PathBuf>,
+    profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
+}
+
+impl BrokerBuilder {
+    /// Uses `clock` instead of the system clock. Defaults to [`SystemClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reports every upstream request to `observer`.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Caches on disk in `dir` for profiles whose policy says disk. Defaults to no disk cache
+    /// (disk profiles then cache in memory only).
+    pub fn disk_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.disk = Some(dir.into());
+        self
+    }
+
+    /// Registers a profile served by `provider`.
+    pub fn profile(
+        mut self,
+        name: impl Into<String>,
+        provider: Arc<dyn Provider>,
+        policy: Policy,
+    ) -> Self {
+        let name = name.into();
+        let p = Profile {
+            name: name.clone(),
+            provider,
+            policy,
+            keyed: OnceLock::new(),
+            skew_warned: std::sync::atomic::AtomicBool::new(false),
+        };
+        self.profiles.insert(name, Ok(Arc::new(p)));
+        self
+    }
+
+    /// Registers every profile of `config` with the built-in HTTP provider. A profile whose settings do not
+    /// resolve is kept as its error, returned when it is asked for, so one broken profile spoils no other.
+    pub fn config(mut self, config: &Config, overrides: &Overrides) -> Self {
+        for name in config.profile_names() {
+            match config.resolve(name, overrides) {
+                Ok(s) => self = self.settings(s),
+                Err(e) => {
+                    self.profiles.insert(name.to_owned(), Err(e));
+                }
+            }
+        }
+        self
+    }
+
+    /// Uses the caller's `reqwest::Client` for the built-in HTTP profiles registered after this call, instead of
+    /// one built from each profile's timeouts and `ca_file`. It should not follow redirects
+    /// (`redirect::Policy::none()`): a redirected token request would carry the secret elsewhere.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// Registers one resolved profile with the built-in HTTP provider.
+    pub fn settings(self, s: Settings) -> Self {
+        let policy = Policy::from_settings(&s);
+        let name = s.profile.clone();
+        let provider = match &self.http {
+            Some(c) => HttpProvider::new(s).with_client(c.clone()),
+            None => HttpProvider::new(s).with_pool(self.pool.clone()),
+        };
+        self.profile(name, Arc::new(provider), policy)
+    }
+
+    /// The broker.
+    pub fn build(self) -> Broker {
+        Broker {
+            observer: self.observer,
+            clock: self.clock,
+            disk: self.disk.map(DiskCache::new),
+            profiles: self.profiles,
+            slots: DashMap::new(),
+        }
+    }
+}
+
+/// Hands out tokens: from memory, from disk, or from the provider, one upstream call per key at a time.
+pub struct Broker {
+    observer: Option<Arc<dyn Observer>>,
+    clock: Arc<dyn Clock>,
+    disk: Option<DiskCache>,
+    profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
+    slots: DashMap<CacheKey, Arc<Slot>>,
+}
+
+impl Broker {
+    /// A builder with the system clock and no profiles.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder {
+            pool: Arc::default(),
+            observer: None,
+            clock: Arc::new(SystemClock),
+            http: None,
+            disk: None,
+            profiles: Map::default(),
+        }
+    }
+
+    /// Names of the registered profiles, sorted.
+    pub fn profile_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn profile(&self, name: &str) -> Result<&Arc<Profile>> {
+        match self.profiles.get(name) {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(crate::error::unknown_profile(
+                name,
+                &self.profile_names(),
+                &[],
+            )),
+        }
+    }
+
+    fn keyed<'p>(&self, p: &'p Profile) -> Result<&'p (CacheKey, Arc<Slot>)> {
+        if let Some(k) = p.keyed.get() {
+            return Ok(k);
+        }
+        let key = p.provider.cache_key()?;
+        let slot = self.slots.entry(key).or_default().clone();
+        Ok(p.keyed.get_or_init(|| (key, slot)))
+    }
+
+    fn disk_for(&self, p: &Profile) -> Option<&DiskCache> {
+        (p.policy.cache == CacheMode::Disk)
+            .then_some(self.disk.as_ref())
+            .flatten()
+    }
+
+    /// The disk entry of `key`, if `p` caches on disk.
+    fn read_disk(&self, p: &Profile, key: &CacheKey) -> Result<Option<Entry>> {
+        match self.disk_for(p) {
+            Some(d) => d.read(key),
+            None => Ok(None),
+        }
+    }
+
+    /// A fresh token from memory or disk, without asking the provider, building an HTTP client or
+    /// needing a runtime. `None` when the provider must be asked.
+    pub fn cached(&self, profile: &str, req: &TokenRequest) -> Result<Option<Arc<AccessToken>>> {
+        let p = self.profile(profile)?;
+        if req.skips_cache() || p.policy.cache == CacheMode::None {
+            return Ok(None);
+        }
+        let (key, slot) = self.keyed(p)?;
+        let now = self.clock.now_upper_bound();
+        if let Some(t) = slot.fresh(now, req.min_ttl, p.policy.min_ttl) {
+            return Ok(Some(t));
+        }
+        if let Some(token) = self.read_disk(p, key)?.and_then(|e| e.token) {
+            if token.is_fresh_for(now, req.min_ttl, p.policy.min_ttl) {
+                let t = Arc::new(token);
+                slot.install(Arc::clone(&t));
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A token for `profile`: cached while fresh, else fetched once for all concurrent callers.
+    pub async fn token(&self, profile: &str, req: &TokenRequest) -> Result<Arc<AccessToken>> {
+        let p = self.profile(profile)?;
+        if !req.skips_cache() && p.policy.cache != CacheMode::None {
+            let (_, slot) = self.keyed(p)?;
+            if let Some(t) = slot.fresh(self.clock.now_upper_bound(), req.min_ttl, p.policy.min_ttl)
+            {
+                return Ok(t);
+            }
+        }
+        let span = tracing::debug_span!("refresh", profile = %p.name);
+        // Boxed: the refresh state machine is large, and keeping it out of this future keeps a warm call (which
+        // never gets here) from creating and moving hundreds of bytes.
+        Box::pin(self.refresh(p, req).instrument(span)).await
+    }
+
+    /// What the caches hold for `profile`, without asking the provider.
+    pub fn cache_state(&self, profile: &str) -> Result<CacheState> {
+        self.status(profile).map(|s| s.cache)
+    }
+
+    /// What the broker knows of `profile` without asking its provider: the cached token's state, and a cool-down
+    /// or remembered outage in force (from memory or the cache entry, whichever ends later).
+    pub fn status(&self, profile: &str) -> Result<Status> {
+        let p = self.profile(profile)?;
+        let (key, slot) = self.keyed(p)?;
+        let disk = self.read_disk(p, key)?.unwrap_or_default();
+        let known = merge(
+            Entry {
+                token: slot.get().map(|t| (*t).clone()),
+                endpoint: None,
+                cooldown: slot.cooldown(),
+            },
+            disk,
+        );
+        let now = self.clock.now();
+        Ok(Status {
+            cache: match known.token.map(|t| t.expires_at()) {
+                None => CacheState::None,
+                Some(at) if now < at => CacheState::Valid(at),
+                Some(at) => CacheState::Expired(at),
+            },
+            cooldown: known.cooldown.filter(|c| now < c.until),
+        })
+    }
+
+    /// Forgets `profile`'s cached token in memory and on disk. Returns whether a disk entry was removed.
+    pub fn clear(&self, profile: &str) -> Result<bool> {
+        let p = self.profile(profile)?;
+        let (key, slot) = self.keyed(p)?;
+        *slot.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+        match &self.disk {
+            Some(d) => d.remove(key),
+            None => Ok(false),
+        }
+    }
+
+    /// The header line for `token` under `profile`'s template, split into name and value.
+    pub fn header(
+        &self,
+        profile: &str,
+        token: &AccessToken,
+    ) -> Result<(String, secrecy::SecretString)> {
+        use secrecy::ExposeSecret;
+        let p = self.profile(profile)?;
+        let line = crate::config::fill_header(&p.policy.header, token.secret().expose_secret());
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            Error::config(format!(
+                "profile `{profile}`: header template is not `Name: value`"
+            ))
+        })?;
+        Ok((
+            name.trim().to_owned(),
+            secrecy::SecretString::from(value.trim().to_owned()),
+        ))
+    }
+
+    /// The disk cache, if any.
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+}

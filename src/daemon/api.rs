@@ -1,0 +1,227 @@
+//! The daemon's HTTP API (docs/reference.md §6): the routes' handlers, the uid, key and fingerprint guards, and the
+//! error JSON.
+
+use super::*;
+
+/// Checks the peer's uid on the Unix socket.
+pub(super) async fn uid_guard(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !peer.uid.is_some_and(|u| daemon.allowed_uids.contains(&u)) {
+        tracing::warn!("refused a connection from uid {:?}", peer.uid);
+        return error_response(
+            &Error::new(ErrorKind::Usage, "this uid may not use the daemon"),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    next.run(req).await
+}
+
+/// Checks `Authorization: Bearer <key>` on the TCP listener, in constant time.
+pub(super) async fn key_guard(
+    State(key): State<Arc<String>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        // Answered, then closed: a connection without the key holds nothing open.
+        let mut resp = error_response(
+            &Error::usage("missing or wrong key: send Authorization: Bearer <daemon.key>"),
+            StatusCode::UNAUTHORIZED,
+        );
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
+}
+
+/// Stamps every answer with the config fingerprint, and answers 409 before doing any work when the request carries
+/// another one (a CLI with another configuration, which then works in-process).
+pub(super) async fn stamp(State(daemon): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
+    let fingerprint = daemon.loaded().fingerprint.clone();
+    let theirs = req
+        .headers()
+        .get("broker-config")
+        .map(HeaderValue::as_bytes);
+    let mut resp = match theirs {
+        Some(t) if t != fingerprint.as_bytes() => error_response(
+            &Error::usage("this daemon runs another configuration (see the Broker-Config header)"),
+            StatusCode::CONFLICT,
+        ),
+        _ => next.run(req).await,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fingerprint) {
+        resp.headers_mut().insert("broker-config", v);
+    }
+    resp
+}
+
+/// The error JSON; an error that says when to come back (an outage, a cool-down) also carries `Retry-After`.
+pub(super) fn error_response(e: &Error, status: StatusCode) -> Response {
+    let mut resp = (
+        status,
+        Json(json!({"error": e.kind().as_str(), "message": e.message()})),
+    )
+        .into_response();
+    if let Some(at) = e.retry_at() {
+        let secs = at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs_f64()
+            .ceil()
+            .max(1.0);
+        if let Ok(v) = HeaderValue::from_str(&format!("{secs}")) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
+}
+
+pub(super) fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Usage => StatusCode::BAD_REQUEST,
+        ErrorKind::Config => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Rejected | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct TokenQuery {
+    min_ttl: Option<String>,
+    force_refresh: Option<bool>,
+}
+
+/// The metrics label of every profile name that is not configured.
+pub(super) const UNKNOWN_PROFILE: &str = "(unknown)";
+
+pub(super) async fn token(
+    State(daemon): State<Arc<Daemon>>,
+    UrlPath(profile): UrlPath<String>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let loaded = daemon.loaded();
+    let m = &daemon.metrics;
+    // Metric series only for configured profiles: a name from the request must not grow memory.
+    let known = loaded.names.binary_search(&profile).is_ok();
+    let label = if known {
+        profile.as_str()
+    } else {
+        UNKNOWN_PROFILE
+    };
+    let Ok(Query(q)) = query else {
+        m.request(label, "usage");
+        return error_response(
+            &Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>"),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    let min_ttl = match q
+        .min_ttl
+        .as_deref()
+        .map(broker_core::duration::parse)
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return error_response(
+                &Error::usage(format!("min_ttl: {e}")),
+                StatusCode::BAD_REQUEST,
+            )
+        }
+    };
+    if !known {
+        m.request(label, "unknown_profile");
+        let names: Vec<&str> = loaded.names.iter().map(String::as_str).collect();
+        return error_response(
+            &broker_core::error::unknown_profile(&profile, &names, &[]),
+            StatusCode::NOT_FOUND,
+        );
+    }
+    let req = TokenRequest {
+        min_ttl,
+        force_refresh: q.force_refresh.unwrap_or(false),
+        ..Default::default()
+    };
+    let asked = SystemTime::now();
+    let result = loaded.broker.token(&profile, &req).await;
+    let now = SystemTime::now();
+    if let Ok(t) = &result {
+        // A hit: the token was not fetched for this request.
+        m.served(&profile, t.obtained_at() < asked, t.remaining(now));
+    }
+    match (result, loaded.settings.get(&profile)) {
+        (Ok(t), Some(settings)) => {
+            m.request(&profile, "ok");
+            daemon.refresher.keep_fresh(&profile);
+            match output::render(
+                Format::Json,
+                &settings.shown,
+                &t,
+                now,
+                min_ttl.unwrap_or(settings.min_ttl),
+            ) {
+                Ok(body) => ([("content-type", "application/json")], body).into_response(),
+                Err(e) => error_response(&e, StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        (Ok(_), None) => error_response(
+            &Error::internal("profile without settings"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+        (Err(e), _) => {
+            m.request(&profile, e.kind().as_str());
+            error_response(&e, status_of(e.kind()))
+        }
+    }
+}
+
+pub(super) async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+    let loaded = daemon.loaded();
+    let list: Vec<serde_json::Value> = loaded
+        .names
+        .iter()
+        .map(String::as_str)
+        .map(|name| {
+            let s = loaded.settings.get(name);
+            let status = loaded.broker.status(name);
+            let cache = match &status {
+                Ok(s) => match s.cache {
+                    CacheState::Valid(at) => json!({"state": "valid", "expires_at": rfc3339(at)}),
+                    CacheState::Expired(at) => json!({"state": "expired", "expires_at": rfc3339(at)}),
+                    CacheState::None => json!({"state": "none"}),
+                },
+                Err(e) => json!({"state": "error", "error": e.kind().as_str()}),
+            };
+            let cooldown = status.ok().and_then(|s| s.cooldown).map(|c| {
+                json!({"class": c.kind.as_str(), "until": rfc3339(c.until), "message": c.message})
+            });
+            let refresh = match daemon.refresher.state(name) {
+                None => json!({"state": "idle"}),
+                Some(None) => json!({"state": "running"}),
+                Some(Some(at)) => json!({"state": "scheduled", "at": rfc3339(at)}),
+            };
+            json!({"name": name, "provider": s.and_then(|s| s.provider.clone()), "environment": s.and_then(|s| s.environment.clone()), "cache": cache, "cooldown": cooldown, "refresh": refresh})
+        })
+        .collect();
+    Json(json!({"profiles": list}))
+}
+
+pub(super) async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        daemon.metrics.render(),
+    )
+}
