@@ -388,7 +388,7 @@ async fn keycloak_404_on_both_layouts_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_cannot_be_reached_is_unavailable() {
     let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().map(|a| a.port()).unwrap_or(1)
     };
     let home = Home::new();

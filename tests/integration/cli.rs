@@ -61,7 +61,7 @@ async fn output_formats_follow_the_contract() {
             ),
         ])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&evald.stdout), "tok'en|tok'en");
 }
 
@@ -184,7 +184,7 @@ fn config_errors_name_file_line_column_and_exit_3() {
         .stderr_has("known profiles: p");
 
     let dir = home.path().join("a-directory");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dir).unwrap();
     home.run(["token", "p", "--config", dir.to_str().unwrap_or_default()])
         .code(3)
         .stderr_has("cannot read");
@@ -213,13 +213,13 @@ fn inspect_shows_claims_never_the_signature() {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     use std::io::Write;
     child
         .stdin
         .take()
         .map(|mut s| s.write_all(token.as_bytes()));
-    let out = Run::from(child.wait_with_output().unwrap_or_else(|e| panic!("{e}")));
+    let out = Run::from(child.wait_with_output().unwrap());
     out.success()
         .stdout_has("\"sub\": \"svc\"")
         .stdout_has("RS256")
@@ -231,9 +231,9 @@ fn inspect_shows_claims_never_the_signature() {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     child.stdin.take().map(|mut s| s.write_all(b"opaque-token"));
-    Run::from(child.wait_with_output().unwrap_or_else(|e| panic!("{e}")))
+    Run::from(child.wait_with_output().unwrap())
         .success()
         .stdout_has("opaque");
 }
@@ -313,9 +313,9 @@ fn config_file_precedence_is_flag_then_broker_config_then_xdg() {
     let home = Home::new();
     home.config("[profiles.from-xdg]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n");
     let env_file = home.path().join("env.toml");
-    std::fs::write(&env_file, "[profiles.from-env]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&env_file, "[profiles.from-env]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n").unwrap();
     let flag_file = home.path().join("flag.toml");
-    std::fs::write(&flag_file, "[profiles.from-flag]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&flag_file, "[profiles.from-flag]\nprovider = \"chili\"\nclient_id = \"a\"\nclient_secret = { env = \"X\" }\n").unwrap();
     let list = |env: Option<&std::path::Path>, flag: Option<&std::path::Path>| {
         let mut cmd = home.cmd(["list"]);
         if let Some(e) = env {
@@ -324,7 +324,7 @@ fn config_file_precedence_is_flag_then_broker_config_then_xdg() {
         if let Some(f) = flag {
             cmd.arg("--config").arg(f);
         }
-        Run::from(cmd.output().unwrap_or_else(|e| panic!("{e}")))
+        Run::from(cmd.output().unwrap())
     };
     list(None, None).success().stdout_has("from-xdg");
     list(Some(&env_file), None).success().stdout_has("from-env");

@@ -8,20 +8,15 @@ const CREDS: &str = "client_id = \"id\"\nclient_secret = \"s\"\n";
 fn run_broken(name: &str, config: Option<&str>, args: &[&str]) {
     let home = Home::new();
     if let Some(c) = config {
-        std::fs::write(home.path().join("config.toml"), c).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(home.path().join("config.toml"), c).unwrap();
         std::fs::set_permissions(
             home.path().join("config.toml"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     }
-    std::fs::create_dir_all(home.path().join("a-directory")).unwrap_or_else(|e| panic!("{e}"));
-    let out = Run::from(
-        home.cmd(args)
-            .current_dir(home.path())
-            .output()
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    std::fs::create_dir_all(home.path().join("a-directory")).unwrap();
+    let out = Run::from(home.cmd(args).current_dir(home.path()).output().unwrap());
     assert_eq!(out.code, 3, "{name}: {}", out.stderr);
     insta::assert_snapshot!(name, out.stderr);
 }

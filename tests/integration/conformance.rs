@@ -29,7 +29,7 @@ fn keycloak_realm_post_client_fetches_once_then_serves_from_cache() -> TestResul
             home.cmd(args)
                 .env("ION_SECRET", POST_SECRET)
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
     };
     let first = run(&["token", "ion-local"]);
@@ -162,7 +162,7 @@ fn auth0_tenant_gets_a_json_body_with_audience_and_caches() -> TestResult {
             home.cmd(args)
                 .env("CHILI_SECRET", AUTH0_SECRET)
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
     };
     let first = run(&["token", "chili", "--format", "header"]);

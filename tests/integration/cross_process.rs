@@ -35,13 +35,9 @@ async fn fifty_processes_on_a_cold_cache_make_one_upstream_call() {
                 .spawn()
         })
         .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("spawn: {e}"));
+        .expect("spawn");
     for child in children {
-        let out = Run::from(
-            child
-                .wait_with_output()
-                .unwrap_or_else(|e| panic!("wait: {e}")),
-        );
+        let out = Run::from(child.wait_with_output().expect("wait"));
         out.success();
         assert_eq!(out.token(), "one-for-all");
     }

@@ -38,13 +38,8 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let log = std::fs::File::create(home.path().join("daemon.log"))
-            .unwrap_or_else(|e| panic!("daemon.log: {e}"));
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::File::create(home.path().join("daemon.log")).expect("daemon.log");
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let d = Daemon { child, socket };
         poll("the daemon's socket", || d.get("/healthz").0 == 200);
         d
@@ -52,8 +47,8 @@ impl Daemon {
 
     fn signal(&self, sig: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0))
-            .unwrap_or_else(|| panic!("pid"));
-        rustix::process::kill_process(pid, sig).unwrap_or_else(|e| panic!("kill: {e}"));
+            .expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
     }
 
     /// A GET over the socket: status, the `Broker-Config` header, body. Status 0 when nothing answers.
@@ -150,8 +145,7 @@ fn chili_profile_with(home: &Home, base: &str, extra: &str) {
     home.config(&format!(
         "[profiles.chili]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\n{extra}"
     ));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 #[test]
@@ -225,11 +219,9 @@ fn a_peer_with_another_uid_is_refused_by_the_uid_check() {
         home.path().join("run"),
         home.path().join("run/broker"),
     ] {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let as_nobody = std::process::Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -246,7 +238,7 @@ fn a_peer_with_another_uid_is_refused_by_the_uid_check() {
         .arg(&d.socket)
         .arg("http://broker/healthz")
         .output()
-        .unwrap_or_else(|e| panic!("setpriv: {e}"));
+        .expect("setpriv");
     assert_eq!(
         String::from_utf8_lossy(&as_nobody.stdout),
         "403",
@@ -277,24 +269,20 @@ async fn a_thousand_concurrent_callers_on_a_cold_profile_make_one_upstream_call(
             let socket = socket.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::UnixStream::connect(&socket)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
                 s.write_all(
                     b"GET /v1/token/p HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n",
                 )
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
                 let mut raw = String::new();
-                s.read_to_string(&mut raw)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                s.read_to_string(&mut raw).await.unwrap();
                 parse_response(&raw)
             })
         })
         .collect();
     for t in tasks {
-        let (status, _, body) = t.await.unwrap_or_else(|e| panic!("{e}"));
+        let (status, _, body) = t.await.unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"for-all\""));
     }
@@ -432,7 +420,7 @@ async fn clock_skew_is_warned_about_once_per_profile() {
         std::fs::read_to_string(home.path().join("daemon.log")).unwrap_or_default()
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let warnings = text.lines().filter(|l| l.contains("clock")).count();
     assert_eq!(warnings, 1, "three skewed fetches, one warning:\n{text}");
 }
@@ -449,8 +437,7 @@ fn a_slow_secret_command_does_not_stall_other_profiles() {
          [profiles.fast]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\n",
         base = idp.base()
     ));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = Daemon::start_with(&home, &["--threads", "1"], &[]);
     std::thread::scope(|scope| {
         let slow = scope.spawn(|| d.get("/v1/token/slow").0);
@@ -460,7 +447,7 @@ fn a_slow_secret_command_does_not_stall_other_profiles() {
         let (fast, _, body) = d.get("/v1/token/fast");
         let slow_first = slow.is_finished();
         // Open the gate before any assertion, so a failure does not leave `slow` waiting forever.
-        std::fs::write(home.path().join("gate"), b"").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(home.path().join("gate"), b"").unwrap();
         let slow_status = slow.join().unwrap_or(0);
         assert_eq!(fast, 200, "fast was not served: {body}");
         assert!(
@@ -512,7 +499,7 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
     let before = d.get("/healthz").1;
     let mut text = std::fs::read_to_string(home.config_path()).unwrap_or_default();
     text.push_str("[profiles.second]\nprovider = \"chili\"\nclient_id = \"x\"\nclient_secret = { env = \"UNSET\" }\n");
-    std::fs::write(home.config_path(), &text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(home.config_path(), &text).unwrap();
     d.signal(rustix::process::Signal::HUP);
     poll("the reload", || {
         d.get("/v1/profiles").2.contains("\"second\"")
@@ -522,7 +509,7 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
         before,
         "the fingerprint follows the config"
     );
-    std::fs::write(home.config_path(), "[profiles.broken\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(home.config_path(), "[profiles.broken\n").unwrap();
     d.signal(rustix::process::Signal::HUP);
     // Still serving the last good config (give the signal a moment by asking until a request succeeds).
     poll("the daemon to keep serving", || {
@@ -538,13 +525,13 @@ fn sigterm_stops_gracefully_and_removes_the_socket_and_a_second_daemon_is_refuse
     let mut d = Daemon::start(&home);
     home.run(["daemon"]).code(3).stderr_has("already listening");
     d.signal(rustix::process::Signal::TERM);
-    let status = d.child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let status = d.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!d.socket.exists(), "the socket was left behind");
     // A stale socket file is removed by the next daemon.
     std::os::unix::net::UnixListener::bind(&d.socket)
         .map(drop)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let d2 = Daemon::start(&home);
     assert_eq!(d2.get("/healthz").0, 200);
 }
@@ -554,9 +541,8 @@ fn an_insecure_socket_directory_is_refused() {
     let home = Home::new();
     home.config("");
     let dir = home.path().join("run/broker");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     home.run(["daemon"])
         .code(3)
         .stderr_has("writable by group or others");
@@ -570,7 +556,7 @@ fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
     let key_path = home.path().join("run/broker/daemon.key");
     let mode = std::fs::metadata(&key_path)
@@ -579,8 +565,7 @@ fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
     assert_eq!(mode, 0o600);
     let key = std::fs::read_to_string(&key_path).unwrap_or_default();
     let tcp_get = |auth: Option<&str>| {
-        let mut s =
-            std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let auth = auth
             .map(|k| format!("Authorization: Bearer {k}\r\n"))
             .unwrap_or_default();
@@ -676,7 +661,7 @@ fn a_flood_of_idle_and_half_sent_tcp_connections_is_bounded_and_closed() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let listen = format!("127.0.0.1:{port}");
     let d = Daemon::start_with(
         &home,
@@ -692,7 +677,7 @@ fn a_flood_of_idle_and_half_sent_tcp_connections_is_bounded_and_closed() {
         ],
         &[],
     );
-    let addr: std::net::SocketAddr = listen.parse().unwrap_or_else(|e| panic!("{e}"));
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
     let mut flood = Vec::new();
     for i in 0..2000 {
         let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
@@ -752,9 +737,9 @@ fn a_connection_that_fails_the_key_check_is_closed_after_the_answer() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     // Keep-alive is asked for; the answer must still end the connection.
     let _ = write!(s, "GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n");
@@ -802,7 +787,7 @@ fn the_socket_option_never_removes_a_file_or_chmods_a_directory() {
     let home = Home::new();
     chili_profile(&home, &idp.base());
     let precious = home.path().join("precious.txt");
-    std::fs::write(&precious, "keep me").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&precious, "keep me").unwrap();
     home.run(["daemon", "--socket", &precious.display().to_string()])
         .code(3)
         .stderr_has("not a socket");
@@ -812,9 +797,8 @@ fn the_socket_option_never_removes_a_file_or_chmods_a_directory() {
     );
     // A directory of ours named by --socket keeps its mode.
     let project = home.path().join("project");
-    std::fs::create_dir(&project).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o750))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&project).unwrap();
+    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o750)).unwrap();
     let d = Daemon::start_on(&home, project.join("d.sock"), &[], &[]);
     assert_eq!(d.get("/healthz").0, 200);
     let mode = std::fs::metadata(&project).map(|m| m.permissions().mode() & 0o7777);
@@ -830,15 +814,13 @@ fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
     let sticky = home.path().join("sticky");
     let mine = home.path().join("mine");
     for (dir, mode) in [(&open_dir, 0o777), (&sticky, 0o1777), (&mine, 0o755)] {
-        std::fs::create_dir(dir).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     // In the sticky directory someone else got there first.
     let squatted = sticky.join("token");
-    std::fs::write(&squatted, "theirs").unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::chown(&squatted, Some(54_321), Some(54_321))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&squatted, "theirs").unwrap();
+    std::os::unix::fs::chown(&squatted, Some(54_321), Some(54_321)).unwrap();
     let sink = |name: &str, path: &std::path::Path, extra: &str| {
         format!(
             "[profiles.{name}]\nprovider = \"chili\"\ntoken_url = \"{}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\nsink = {{ path = \"{}\"{extra} }}\n",
@@ -859,14 +841,13 @@ fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
         ]
         .concat(),
     );
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
     let _d = Daemon::start(&home);
     poll("the private sink", || mine.join("token").exists());
     poll("the sink in the sticky directory", || {
         sticky.join("fresh").exists()
     });
-    let meta = std::fs::metadata(mine.join("token")).unwrap_or_else(|e| panic!("{e}"));
+    let meta = std::fs::metadata(mine.join("token")).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
         (65_534, 65_534, 0o640)
@@ -932,7 +913,7 @@ fn during_an_outage_with_no_valid_token_every_caller_gets_503_at_once_and_recove
         })
         .collect();
     for c in callers {
-        let ((status, head, body), took) = c.join().unwrap_or_else(|_| panic!("caller panicked"));
+        let ((status, head, body), took) = c.join().expect("caller panicked");
         assert_eq!(status, 503, "{body}");
         assert!(head.contains("\r\nretry-after: "), "no Retry-After: {head}");
         assert!(body.contains("\"unavailable\""), "{body}");
@@ -961,8 +942,7 @@ fn a_cli_with_another_configuration_gets_409_before_the_daemon_does_any_work() {
     // The same credentials under a changed file: the CLI's forced refresh costs one upstream call, not two.
     let text = std::fs::read_to_string(home.config_path()).unwrap_or_default();
     home.config(&format!("# changed\n{text}"));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
     home.run(["token", "chili", "--force-refresh"]).success();
     assert_eq!(idp.calls(), 1);
 }

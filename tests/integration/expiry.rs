@@ -22,19 +22,19 @@ struct Fixture {
 impl Fixture {
     async fn new(extra: &str) -> Self {
         let server = MockServer::start().await;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.toml");
         std::fs::write(
             &p,
             format!("[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n{extra}", server.uri()),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let config = Config::load(&LoadOptions {
             config_file: Some(p),
             config_file_required: true,
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let broker = Broker::builder()
             .clock(clock.clone())
@@ -122,17 +122,13 @@ async fn a_request_min_ttl_overrides_the_profile() {
         .await;
     f.answer(json!({"access_token": "b", "expires_in": 3600}), 1)
         .await;
-    f.token().await.unwrap_or_else(|e| panic!("{e}"));
+    f.token().await.unwrap();
     f.advance(3000); // 600 s left
     let req = TokenRequest {
         min_ttl: Some(Duration::from_secs(900)),
         ..Default::default()
     };
-    let t = f
-        .broker
-        .token("p", &req)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let t = f.broker.token("p", &req).await.unwrap();
     assert_eq!(t.secret().expose_secret(), "b");
 }
 
@@ -149,7 +145,7 @@ async fn the_same_token_handed_back_is_kept_and_not_asked_for_again_too_soon() {
         2,
     )
     .await;
-    f.token().await.unwrap_or_else(|e| panic!("{e}"));
+    f.token().await.unwrap();
     f.advance(250); // 50 s left, inside the 60 s margin: refresh, the server hands back the same token
     assert_eq!(f.token().await.ok().as_deref(), Some("cached-upstream"));
     assert_eq!(f.calls().await, 2);
@@ -158,7 +154,7 @@ async fn the_same_token_handed_back_is_kept_and_not_asked_for_again_too_soon() {
     assert_eq!(f.token().await.ok().as_deref(), Some("cached-upstream"));
     assert_eq!(f.calls().await, 2, "not asked again inside the pause");
     f.advance(2);
-    f.token().await.unwrap_or_else(|e| panic!("{e}"));
+    f.token().await.unwrap();
     assert_eq!(f.calls().await, 3, "asked again after the pause");
 }
 
@@ -168,7 +164,7 @@ async fn a_failed_refresh_serves_the_still_valid_token_and_never_an_expired_one(
     f.answer(json!({"access_token": "keep-me", "expires_in": 300}), 1)
         .await;
     f.fail_with(503).await;
-    f.token().await.unwrap_or_else(|e| panic!("{e}"));
+    f.token().await.unwrap();
     f.advance(280);
     assert_eq!(
         f.token().await.ok().as_deref(),
@@ -190,7 +186,7 @@ async fn a_new_broker_reads_the_disk_cache_without_asking() {
     let f = Fixture::new("").await;
     f.answer(json!({"access_token": "on-disk", "expires_in": 300}), 1)
         .await;
-    f.token().await.unwrap_or_else(|e| panic!("{e}"));
+    f.token().await.unwrap();
     let entry = f
         .broker
         .disk()
@@ -203,16 +199,14 @@ async fn a_new_broker_reads_the_disk_cache_without_asking() {
             config_file_required: true,
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
     };
     let second = Broker::builder()
         .clock(f.clock.clone())
         .disk_cache(entry)
         .config(&config, &Overrides::default())
         .build();
-    let t = second
-        .cached("p", &TokenRequest::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let t = second.cached("p", &TokenRequest::default()).unwrap();
     assert_eq!(
         t.map(|t| t.secret().expose_secret().to_owned()).as_deref(),
         Some("on-disk")
@@ -228,10 +222,6 @@ async fn lifetimes_above_max_ttl_are_cut() {
         1,
     )
     .await;
-    let t = f
-        .broker
-        .token("p", &TokenRequest::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let t = f.broker.token("p", &TokenRequest::default()).await.unwrap();
     assert_eq!(t.lifetime(), Duration::from_secs(3600));
 }

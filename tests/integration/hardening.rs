@@ -159,7 +159,7 @@ async fn a_wrong_secret_in_a_shell_loop_asks_the_provider_once_per_cooldown() {
 
 /// A raw TCP server that answers one connection with `head` and then does `then`.
 fn raw_server(head: &'static [u8], then: fn(std::net::TcpStream)) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {

@@ -47,9 +47,8 @@ async fn no_secret_or_token_reaches_stderr_or_any_file_but_the_cache_entry() {
         .await;
     let home = Home::new();
     let secret_file = home.path().join("secret");
-    std::fs::write(&secret_file, SECRET).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&secret_file, SECRET).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     home.config(&format!(
         "[defaults]\nclient_id = \"id\"\nretry = \"0s\"\n\
          [profiles.ok]\nkind = \"oauth2\"\nauth = \"client_secret_basic\"\ntoken_url = \"{}/token\"\nclient_secret = {{ env = \"HYGIENE_SECRET\" }}\n\
@@ -82,7 +81,7 @@ async fn no_secret_or_token_reaches_stderr_or_any_file_but_the_cache_entry() {
                 .env("HYGIENE_SECRET", SECRET)
                 .env("RUST_LOG", "trace")
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         );
         assert!(
             !out.stderr.contains(SECRET),
@@ -129,11 +128,9 @@ fn a_readable_config_with_a_literal_secret_gets_a_chmod_warning() {
         "[profiles.p]\nprovider = \"chili\"\nclient_id = \"id\"\nclient_secret = \"literal\"\n",
     );
     let path = home.config_path();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     home.run(["check"]).success().stderr_has("chmod 600");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = home.run(["check"]);
     assert!(!out.stderr.contains("chmod"), "{}", out.stderr);
 }
@@ -174,7 +171,7 @@ async fn sigkill_at_any_point_never_leaves_a_torn_entry() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         // The injected fault: a kill after a seeded delay of 0-8 ms, across start-up, fetch and write.
         std::thread::sleep(Duration::from_micros(rng.next() % 8000));
         let _ = child.kill();
@@ -247,10 +244,10 @@ async fn two_hundred_processes_over_four_profiles_make_one_call_per_profile() {
                     .spawn(),
             )
         })
-        .map(|(i, c)| (i, c.unwrap_or_else(|e| panic!("spawn: {e}"))))
+        .map(|(i, c)| (i, c.expect("spawn")))
         .collect();
     for (i, child) in children {
-        let out = Run::from(child.wait_with_output().unwrap_or_else(|e| panic!("{e}")));
+        let out = Run::from(child.wait_with_output().unwrap());
         assert_eq!(out.token(), format!("token-{i}"), "stderr: {}", out.stderr);
     }
 }

@@ -40,7 +40,7 @@ fn run_with(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Run::from(cmd.output().unwrap_or_else(|e| panic!("{e}")))
+    Run::from(cmd.output().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,12 +118,12 @@ fn git(home: &Home, repo: &std::path::Path, host: &str) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("git: {e}"));
+        .expect("git");
     let _ = child
         .stdin
         .take()
         .map(|mut s| s.write_all(format!("protocol=https\nhost={host}\n\n").as_bytes()));
-    Run::from(child.wait_with_output().unwrap_or_else(|e| panic!("{e}")))
+    Run::from(child.wait_with_output().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,12 +132,12 @@ async fn git_credential_fill_answers_only_for_the_profile_host() {
     let home = Home::new();
     profile(&home, &idp, "api = \"https://api.example.test\"\n");
     let repo = home.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&repo).unwrap();
     let init = std::process::Command::new("git")
         .args(["init", "-q"])
         .current_dir(&repo)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(init.status.success());
     let ours = git(&home, &repo, "api.example.test");
     ours.success()
@@ -156,12 +156,12 @@ async fn git_credential_fill_answers_only_for_the_profile_host() {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let _ = c
             .stdin
             .take()
             .map(|mut s| s.write_all(b"protocol=https\nhost=api.example.test\npassword=x\n\n"));
-        let out = Run::from(c.wait_with_output().unwrap_or_else(|e| panic!("{e}")));
+        let out = Run::from(c.wait_with_output().unwrap());
         assert_eq!((out.code, out.stdout.as_str()), (0, ""));
     }
 }
@@ -191,7 +191,7 @@ async fn exec_passes_the_token_in_the_environment_and_the_childs_exit_status() {
         .cmd(["exec", "p", "--", "sh", "-c", "kill -TERM $$"])
         .env("S", "secret")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(
         killed.status.signal(),
         Some(15),
@@ -240,7 +240,7 @@ async fn curl_sends_the_header_from_a_pipe_never_on_argv() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     // Once the process has become curl, its argv must not hold the token.
     let cmdline = format!("/proc/{}/cmdline", child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -256,7 +256,7 @@ async fn curl_sends_the_header_from_a_pipe_never_on_argv() {
     };
     assert!(!argv.contains(TOKEN), "token on curl's argv: {argv}");
     assert!(argv.contains("@/dev/fd/"), "{argv}");
-    let out = Run::from(child.wait_with_output().unwrap_or_else(|e| panic!("{e}")));
+    let out = Run::from(child.wait_with_output().unwrap());
     assert_eq!(out.success().stdout, "{\"data\":{}}");
 }
 
@@ -270,7 +270,7 @@ async fn curl_missing_gives_a_clear_error() {
             .env("S", "secret")
             .env("PATH", "/nonexistent")
             .output()
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     );
     out.code(127).stderr_has("curl is not installed");
 }
@@ -300,7 +300,7 @@ async fn env_output_evaluates_in_bash_and_sh() {
                 ),
             ])
             .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!("{nasty}|{nasty}"),
@@ -318,12 +318,12 @@ fn completions_for_every_shell_and_bash_parses_them() {
         assert!(out.stdout.contains("broker"), "{shell}");
         if shell == "bash" {
             let path = home.path().join("broker.bash");
-            std::fs::write(&path, &out.stdout).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&path, &out.stdout).unwrap();
             let check = std::process::Command::new("bash")
                 .arg("-n")
                 .arg(&path)
                 .output()
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             assert!(
                 check.status.success(),
                 "{}",
@@ -347,7 +347,7 @@ fn the_man_page_renders() {
         assert!(out.stdout.contains(section), "missing {section}");
     }
     let page = home.path().join("broker.1");
-    std::fs::write(&page, &out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&page, &out.stdout).unwrap();
     if let Ok(rendered) = std::process::Command::new("man")
         .arg("-l")
         .arg(&page)

@@ -1,4 +1,6 @@
 //! Integration tests of the `broker` binary and the `broker-core` crate. One binary, one link.
+// A test crate: its helpers, like its tests, may panic on what the test set up (clippy.toml covers #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Harness: private homes, the binary, the npm OAuth servers.
 mod support;

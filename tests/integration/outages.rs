@@ -55,7 +55,7 @@ async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembe
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\nretry = \"30s\"\n",
         server.uri()
     ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let broker = Arc::new(
         Broker::builder()
@@ -74,9 +74,9 @@ async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembe
     let results: Vec<_> = futures::future::join_all(callers)
         .await
         .into_iter()
-        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .map(|r| r.unwrap())
         .collect();
-    let first = results[0].0.clone().unwrap_or_else(|| panic!("no error"));
+    let first = results[0].0.clone().expect("no error");
     assert_eq!(first.kind(), ErrorKind::Unavailable);
     let n = attempts(first.message());
     assert!(n >= 2, "one retry round has several attempts: {first}");
@@ -86,7 +86,7 @@ async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembe
         "upstream attempts are one retry round"
     );
     for (e, _) in &results {
-        let e = e.as_ref().unwrap_or_else(|| panic!("a caller got a token"));
+        let e = e.as_ref().expect("a caller got a token");
         assert_eq!(
             e.message(),
             first.message(),
@@ -109,14 +109,10 @@ async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembe
     assert_eq!(earliest, latest, "the last caller returned after the first");
 
     // During the remembered window: answered at once, with the next attempt's time, without asking.
-    let next = first
-        .retry_at()
-        .unwrap_or_else(|| panic!("no next attempt time"));
+    let next = first.retry_at().expect("no next attempt time");
     let asked = clock.now();
     let during = broker.token("p", &TokenRequest::default()).await;
-    let during = during
-        .err()
-        .unwrap_or_else(|| panic!("a token during the outage"));
+    let during = during.expect_err("a token during the outage");
     assert_eq!(during.kind(), ErrorKind::Unavailable);
     assert_eq!(during.retry_at(), Some(next));
     assert!(during.message().contains("next attempt after"), "{during}");
@@ -134,7 +130,7 @@ async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembe
         .await;
     clock.advance(next.duration_since(clock.now()).unwrap_or_default() + Duration::from_millis(1));
     let t = broker.token("p", &TokenRequest::default()).await;
-    let t = t.unwrap_or_else(|e| panic!("{e}"));
+    let t = t.unwrap();
     assert_eq!(t.secret().expose_secret(), "back");
 }
 
@@ -142,7 +138,7 @@ fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 #[test]
@@ -173,11 +169,7 @@ fn the_status_line_shows_in_a_terminal_and_never_in_a_pipe() {
     let home = new_home();
     let mut cmd = home.program("script");
     cmd.args(["-q", "-e", "-c", &format!("{BIN} token p"), "/dev/null"]);
-    let out = Run::from(
-        cmd.env("TERM", "dumb")
-            .output()
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let out = Run::from(cmd.env("TERM", "dumb").output().unwrap());
     assert!(
         out.stdout
             .contains(&format!("waiting for http://127.0.0.1:{port}/token")),
@@ -230,7 +222,7 @@ async fn a_rejection_says_where_the_credentials_came_from_and_list_shows_the_coo
             home.cmd(args)
                 .env("P_SECRET", "wrong-secret")
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
     };
     let first = run(&["token", "p"]);
@@ -276,7 +268,7 @@ async fn cache_clear_during_a_fetch_never_lets_a_second_fetch_start() {
         .cmd(["token", "p", "--no-daemon"])
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while requests(&server).await == 0 {
         assert!(
@@ -290,13 +282,13 @@ async fn cache_clear_during_a_fetch_never_lets_a_second_fetch_start() {
         .cmd(["token", "p", "--no-daemon"])
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let (a, b) =
         tokio::task::spawn_blocking(move || (first.wait_with_output(), second.wait_with_output()))
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     for out in [a, b] {
-        let r = Run::from(out.unwrap_or_else(|e| panic!("{e}")));
+        let r = Run::from(out.unwrap());
         assert_eq!(r.success().token(), "only-one");
     }
     assert_eq!(requests(&server).await, 1, "a second fetch started");

@@ -12,15 +12,15 @@ use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn config(toml: &str) -> Config {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("config.toml");
-    std::fs::write(&p, toml).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&p, toml).unwrap();
     Config::load(&LoadOptions {
         config_file: Some(p),
         config_file_required: true,
         ..Default::default()
     })
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap()
 }
 
 fn profile(name: &str, server: &MockServer, client: &str) -> String {
@@ -55,21 +55,15 @@ async fn hundred_concurrent_callers_make_one_upstream_call_and_cache_hits_make_n
         })
         .collect();
     for t in tasks {
-        let tok = t
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let tok = t.await.unwrap().unwrap();
         assert_eq!(tok.secret().expose_secret(), "shared");
     }
     // Warm: served from memory; `.expect(1)` above fails the test on drop if any of these went upstream.
     for _ in 0..50 {
-        broker
-            .token("p", &TokenRequest::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        broker.token("p", &TokenRequest::default()).await.unwrap();
         assert!(broker
             .cached("p", &TokenRequest::default())
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .is_some());
     }
 }
@@ -120,16 +114,13 @@ async fn a_slow_key_does_not_block_another() {
     let fast = broker
         .token("fast", &TokenRequest::default())
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(fast.secret().expose_secret(), "fast");
     assert!(
         !slow.is_finished(),
         "the fast key finished while the slow fetch was still in flight"
     );
-    let slow = slow
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let slow = slow.await.unwrap().unwrap();
     assert_eq!(slow.secret().expose_secret(), "slow");
 }
 
@@ -147,10 +138,7 @@ async fn cache_hits_make_no_upstream_call() {
     let broker = Broker::builder()
         .config(&config(&profile("p", &server, "a")), &Overrides::default())
         .build();
-    broker
-        .token("p", &TokenRequest::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    broker.token("p", &TokenRequest::default()).await.unwrap();
     server.verify().await;
     // From here on the provider must not be asked at all.
     server.reset().await;
@@ -160,10 +148,7 @@ async fn cache_hits_make_no_upstream_call() {
         .mount(&server)
         .await;
     for _ in 0..100 {
-        let t = broker
-            .token("p", &TokenRequest::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t = broker.token("p", &TokenRequest::default()).await.unwrap();
         assert_eq!(t.secret().expose_secret(), "warm");
     }
     server.verify().await;

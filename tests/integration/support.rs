@@ -21,7 +21,7 @@ impl Home {
             dir: tempfile::Builder::new()
                 .prefix("broker-test")
                 .tempdir()
-                .unwrap_or_else(|e| panic!("tempdir: {e}")),
+                .expect("tempdir"),
         }
     }
 
@@ -40,18 +40,16 @@ impl Home {
     /// Writes the config file.
     pub fn config(&self, toml: &str) -> &Self {
         let p = self.config_path();
-        std::fs::create_dir_all(p.parent().unwrap_or(self.path()))
-            .unwrap_or_else(|e| panic!("mkdir: {e}"));
-        std::fs::write(&p, toml).unwrap_or_else(|e| panic!("write config: {e}"));
+        std::fs::create_dir_all(p.parent().unwrap_or(self.path())).expect("mkdir");
+        std::fs::write(&p, toml).expect("write config");
         self
     }
 
     /// Writes a user provider file.
     pub fn provider(&self, name: &str, toml: &str) -> &Self {
         let d = self.path().join("config/broker/providers");
-        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir: {e}"));
-        std::fs::write(d.join(format!("{name}.toml")), toml)
-            .unwrap_or_else(|e| panic!("write provider: {e}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join(format!("{name}.toml")), toml).expect("write provider");
         self
     }
 
@@ -84,11 +82,7 @@ impl Home {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Run::from(
-            self.cmd(args)
-                .output()
-                .unwrap_or_else(|e| panic!("run broker: {e}")),
-        )
+        Run::from(self.cmd(args).output().expect("run broker"))
     }
 
     /// Cache entries that hold a token (an entry may hold only a cool-down).
@@ -195,8 +189,8 @@ pub fn ensure_node_modules() {
         .truncate(false)
         .write(true)
         .open(std::env::temp_dir().join("broker-tests-npm.lock"))
-        .unwrap_or_else(|e| panic!("npm lock file: {e}"));
-    lock.lock().unwrap_or_else(|e| panic!("npm lock: {e}"));
+        .expect("npm lock file");
+    lock.lock().expect("npm lock");
     if marker.exists() {
         return;
     }
@@ -236,7 +230,7 @@ impl NodeServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("start node {script}: {e}"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let stdout = child.stdout.take().expect("no stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -264,7 +258,7 @@ impl NodeServer {
         http_get(self.port, "/__count")
             .trim()
             .parse()
-            .unwrap_or_else(|e| panic!("count: {e}"))
+            .expect("count")
     }
 
     /// Successful token requests, including tokens handed back again (`GET /__calls`, mock-auth0 only).
@@ -272,7 +266,7 @@ impl NodeServer {
         http_get(self.port, "/__calls")
             .trim()
             .parse()
-            .unwrap_or_else(|e| panic!("calls: {e}"))
+            .expect("calls")
     }
 }
 
@@ -285,12 +279,10 @@ impl Drop for NodeServer {
 
 /// A minimal HTTP/1.0 GET on loopback, returning the body.
 pub fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect: {e}"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
     let mut buf = String::new();
-    s.read_to_string(&mut buf)
-        .unwrap_or_else(|e| panic!("read: {e}"));
+    s.read_to_string(&mut buf).expect("read");
     buf.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()

@@ -38,9 +38,7 @@ fn pki() -> Result<Pki, Box<dyn std::error::Error>> {
 
 /// Serves every connection a fixed token response over TLS.
 async fn serve(config: Arc<rustls::ServerConfig>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -95,7 +93,7 @@ async fn ca_file_adds_the_roots_a_private_token_endpoint_needs() -> TestResult {
 fn a_ca_file_that_is_not_pem_is_a_config_error() {
     let home = Home::new();
     let ca = home.path().join("ca.pem");
-    std::fs::write(&ca, "not a certificate").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&ca, "not a certificate").unwrap();
     home.config(&format!(
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"https://localhost:9/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\nca_file = \"{}\"\n",
         ca.display()
@@ -104,5 +102,5 @@ fn a_ca_file_that_is_not_pem_is_a_config_error() {
 }
 
 fn run_cmd(mut cmd: std::process::Command) -> Run {
-    Run::from(cmd.output().unwrap_or_else(|e| panic!("{e}")))
+    Run::from(cmd.output().unwrap())
 }

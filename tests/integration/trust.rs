@@ -69,9 +69,7 @@ async fn entry_name(url: &str) -> String {
     profile(&scratch, url, "");
     scratch.run(["token", "p"]).success();
     let entries = scratch.cache_entries();
-    let first = entries
-        .first()
-        .unwrap_or_else(|| panic!("no entry written"));
+    let first = entries.first().expect("no entry written");
     first
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -87,12 +85,11 @@ async fn a_cache_directory_planted_by_another_user_is_refused_and_its_token_neve
     // XDG_CACHE_HOME points into a shared, sticky, world-writable parent (like /tmp), where the other user got
     // there first and created `broker/` with a forged entry.
     let shared = home.path().join("shared");
-    std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&shared).unwrap();
     chmod(&shared, 0o1777);
     let planted = shared.join("broker");
-    std::fs::create_dir(&planted).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(planted.join(&name), forged_entry("forged-token", None))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::write(planted.join(&name), forged_entry("forged-token", None)).unwrap();
     chmod(&planted.join(&name), 0o644);
     chown(&planted.join(&name), OTHER_UID);
     chown(&planted, OTHER_UID);
@@ -102,7 +99,7 @@ async fn a_cache_directory_planted_by_another_user_is_refused_and_its_token_neve
             home.cmd(args)
                 .env("XDG_CACHE_HOME", &shared)
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
     };
     for args in [
@@ -114,7 +111,7 @@ async fn a_cache_directory_planted_by_another_user_is_refused_and_its_token_neve
         r.code(1).stderr_has(&planted.display().to_string());
         assert!(!r.stdout.contains("forged-token"), "{args:?}: {}", r.stdout);
     }
-    let meta = std::fs::metadata(&planted).unwrap_or_else(|e| panic!("{e}"));
+    let meta = std::fs::metadata(&planted).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o755, "never chmod-ed");
     assert_eq!(requests(&server).await, 1, "only the scratch run fetched");
 }
@@ -125,10 +122,10 @@ async fn a_symlinked_cache_directory_is_refused_and_its_target_left_alone() {
     let home = Home::new();
     profile(&home, &format!("{}/token", server.uri()), "");
     let target = home.path().join("elsewhere");
-    std::fs::create_dir(&target).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&target).unwrap();
     chmod(&target, 0o755);
-    std::fs::create_dir_all(home.path().join("cache")).unwrap_or_else(|e| panic!("{e}"));
-    std::os::unix::fs::symlink(&target, home.cache_dir()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(home.path().join("cache")).unwrap();
+    std::os::unix::fs::symlink(&target, home.cache_dir()).unwrap();
     home.run(["token", "p"]).code(1).stderr_has("symlink");
     let mode = std::fs::metadata(&target).map(|m| m.permissions().mode() & 0o777);
     assert_eq!(mode.ok(), Some(0o755), "the symlink's target was chmod-ed");
@@ -147,28 +144,26 @@ async fn planted_entries_and_temp_files_are_neither_trusted_nor_followed() {
     let home = Home::new();
     profile(&home, &url, "");
     let dir = home.cache_dir();
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&dir).unwrap();
     chmod(&dir, 0o700);
     // A temp file that is a symlink to a file the attacker wants overwritten.
     let victim = home.path().join("victim");
-    std::fs::write(&victim, "precious").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&victim, "precious").unwrap();
     let tmp = dir.join(name.replace(".json", ".tmp"));
-    std::os::unix::fs::symlink(&victim, &tmp).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
     // Entries that must not be believed: a symlink to a forged entry, a file of another user, one anyone can write.
     let forged = home.path().join("forged.json");
-    std::fs::write(&forged, forged_entry("forged-token", None)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&forged, forged_entry("forged-token", None)).unwrap();
     let entry = dir.join(&name);
     let plant: [&dyn Fn(); 3] = [
-        &|| std::os::unix::fs::symlink(&forged, &entry).unwrap_or_else(|e| panic!("{e}")),
+        &|| std::os::unix::fs::symlink(&forged, &entry).unwrap(),
         &|| {
-            std::fs::write(&entry, forged_entry("forged-token", None))
-                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&entry, forged_entry("forged-token", None)).unwrap();
             chmod(&entry, 0o600);
             chown(&entry, OTHER_UID);
         },
         &|| {
-            std::fs::write(&entry, forged_entry("forged-token", None))
-                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(&entry, forged_entry("forged-token", None)).unwrap();
             chmod(&entry, 0o666);
         },
     ];
@@ -178,7 +173,7 @@ async fn planted_entries_and_temp_files_are_neither_trusted_nor_followed() {
         let r = home.run(["token", "p"]);
         r.success().stderr_has("ignoring cache entry");
         assert_eq!(r.token(), "real-token", "case {i}");
-        let meta = std::fs::symlink_metadata(&entry).unwrap_or_else(|e| panic!("{e}"));
+        let meta = std::fs::symlink_metadata(&entry).unwrap();
         assert!(
             meta.file_type().is_file(),
             "case {i}: replaced by a real entry"
@@ -204,17 +199,13 @@ async fn an_endpoint_remembered_in_the_cache_gets_no_secret_unless_the_config_le
         real.uri()
     ));
     home.run(["token", "p"]).success();
-    let entry = home
-        .cache_entries()
-        .pop()
-        .unwrap_or_else(|| panic!("no entry"));
+    let entry = home.cache_entries().pop().expect("no entry");
     // The remembered endpoint is rewritten to another origin, and the token expired, so the next call fetches.
     let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&entry).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        serde_json::from_str(&std::fs::read_to_string(&entry).unwrap_or_default()).unwrap();
     v["endpoint"] = json!(format!("{}/steal", evil.uri()));
     v["expires_at_ms"] = json!(now_secs() * 1000 - 1000);
-    std::fs::write(&entry, v.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&entry, v.to_string()).unwrap();
     let r = home.run(["token", "p"]);
     assert_eq!(r.success().token(), "real-token");
     r.stderr_has("ignoring the token endpoint remembered in the cache");
@@ -245,7 +236,7 @@ async fn a_discovery_document_naming_plain_http_elsewhere_gets_no_secret() {
 
 /// A proxy that records the first request line it is sent, answers 502 and closes.
 fn recording_proxy() -> (u16, std::sync::mpsc::Receiver<String>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -280,7 +271,7 @@ async fn plain_http_never_goes_through_a_proxy_but_https_does() {
                 .env("https_proxy", &proxy)
                 .env("HTTPS_PROXY", &proxy)
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
     };
     // Loopback http: straight to the server, the proxy sees nothing.
@@ -335,7 +326,7 @@ async fn tokens_with_control_characters_are_bad_responses_and_never_printed() {
                     }
                     c.wait_with_output()
                 })
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         );
         git.code(6);
         assert!(!git.stdout.contains("password"), "{}", git.stdout);
@@ -359,13 +350,9 @@ async fn huge_retry_after_values_saturate_and_cool_downs_are_capped() {
         let r = home.run(["token", "p"]);
         r.code(5);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-        let entry = home
-            .cache_entries()
-            .pop()
-            .unwrap_or_else(|| panic!("no cool-down stored"));
+        let entry = home.cache_entries().pop().expect("no cool-down stored");
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&entry).unwrap_or_default())
-                .unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str(&std::fs::read_to_string(&entry).unwrap_or_default()).unwrap();
         let until = v["cooldown_until_ms"].as_u64().unwrap_or(u64::MAX) / 1000;
         let longest = if cap.is_empty() { 3600 } else { 600 };
         assert!(
@@ -402,12 +389,8 @@ async fn provider_text_is_escaped_cut_and_never_shows_the_secret() {
     profile(&home, &format!("{}/token", server.uri()), "");
     let first = home.run(["token", "p"]);
     let second = home.run(["token", "p", "--format", "json"]); // from the stored cool-down
-    let stored = std::fs::read_to_string(
-        home.cache_entries()
-            .pop()
-            .unwrap_or_else(|| panic!("no cool-down stored")),
-    )
-    .unwrap_or_default();
+    let stored = std::fs::read_to_string(home.cache_entries().pop().expect("no cool-down stored"))
+        .unwrap_or_default();
     for (what, text) in [
         ("stderr", &first.stderr),
         ("json stderr", &second.stderr),
@@ -453,7 +436,7 @@ async fn exec_and_curl_children_do_not_inherit_the_secret_variables() {
                 .env("P_ID", "the-id")
                 .env("P_SECRET", SECRET)
                 .output()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap(),
         )
     };
     let show = "echo id=${P_ID-unset} secret=${P_SECRET-unset} token=$BROKER_TOKEN";
@@ -463,12 +446,12 @@ async fn exec_and_curl_children_do_not_inherit_the_secret_variables() {
     assert_eq!(r.success().stdout, "id=the-id secret=unset token=tok\n");
     // curl is a child too: a stand-in `curl` first on PATH shows what its environment held.
     let fake_curl = home.path().join("bin");
-    std::fs::create_dir_all(&fake_curl).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&fake_curl).unwrap();
     std::fs::write(
         fake_curl.join("curl"),
         "#!/bin/sh\necho id=${P_ID-unset} secret=${P_SECRET-unset}\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     chmod(&fake_curl.join("curl"), 0o755);
     let r = Run::from(
         home.cmd(["curl", "p", "https://api.example/x"])
@@ -476,7 +459,7 @@ async fn exec_and_curl_children_do_not_inherit_the_secret_variables() {
             .env("P_ID", "the-id")
             .env("P_SECRET", SECRET)
             .output()
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap(),
     );
     assert_eq!(r.success().stdout, "id=unset secret=unset\n");
 }

@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_grandchild_holding_stdout_open_is_killed_with_its_group_at_the_limit() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("pid");
         // The command prints its secret and exits at once, leaving a grandchild that keeps stdout open.
         let script = format!("sleep 600 & echo $! > {}; echo s3cret", pid_file.display());
@@ -272,8 +272,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap_or(0);
-        let pid =
-            rustix::process::Pid::from_raw(pid).unwrap_or_else(|| panic!("no grandchild pid"));
+        let pid = rustix::process::Pid::from_raw(pid).expect("no grandchild pid");
         // Killed (a zombie until init reaps it, so look at its state, not just its existence).
         let end = Instant::now() + Duration::from_secs(30);
         loop {

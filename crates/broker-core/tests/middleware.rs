@@ -1,5 +1,7 @@
 //! The reqwest-middleware middleware: adds the profile's header, and on a 401 from the API forces one refresh
 //! and retries once.
+// A test crate: its helpers, like its tests, may panic on what the test set up (clippy.toml covers #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![cfg(feature = "middleware")]
 
 use std::sync::Arc;
@@ -32,7 +34,7 @@ async fn setup(server: &MockServer) -> reqwest_middleware::ClientWithMiddleware 
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\n",
         server.uri()
     ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let broker = Arc::new(
         Broker::builder()
             .config(&config, &Default::default())
@@ -63,7 +65,7 @@ async fn a_401_forces_one_refresh_and_one_retry() {
         .get(format!("{}/api", server.uri()))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -80,7 +82,7 @@ async fn a_second_401_is_returned_not_retried_again() {
         .get(format!("{}/api", server.uri()))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(resp.status(), 401);
 }
 
@@ -100,20 +102,17 @@ async fn a_callers_reqwest_client_is_used_for_token_requests() {
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\n",
         server.uri()
     ))
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let mine = reqwest::Client::builder()
         .user_agent("my-app/1.0")
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let broker = Broker::builder()
         .http_client(mine)
         .config(&config, &Default::default())
         .build();
-    let t = broker
-        .token("p", &Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let t = broker.token("p", &Default::default()).await.unwrap();
     assert_eq!(
         secrecy::ExposeSecret::expose_secret(t.secret()),
         "from-my-client"
