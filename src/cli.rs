@@ -145,7 +145,7 @@ pub fn run() -> ExitCode {
         Err(Failure::Reported(kind)) => ExitCode::from(kind.exit_code()),
         Err(Failure::Exit(code)) => ExitCode::from(code),
         Err(Failure::Error(e)) => {
-            eprintln!("error: {}", e.message());
+            eprintln!("{}", crate::output::error_text(&e));
             ExitCode::from(e.kind().exit_code())
         }
     }

@@ -115,6 +115,43 @@ pub fn exec_credential_version(info: Option<&str>) -> broker_core::Result<&'stat
     }
 }
 
+/// An error as the CLI shows it: `error: <message>`; one that points into a file is drawn with its line, the span
+/// marked, and its hint (annotate-snippets, coloured only when [`colour`] says so).
+pub fn error_text(e: &broker_core::Error) -> String {
+    use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
+    let Some(d) = e.diagnostic() else {
+        return format!("error: {}", e.message());
+    };
+    let mut report = vec![Level::ERROR.primary_title(e.message()).element(
+        Snippet::source(d.excerpt.as_str())
+            .line_start(d.line)
+            .path(d.file.as_str())
+            .annotation(AnnotationKind::Primary.span(d.span.clone())),
+    )];
+    if let Some(h) = &d.hint {
+        report.push(Group::with_title(Level::HELP.secondary_title(h.as_str())));
+    }
+    let renderer = if colour() {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
+    renderer.render(&report)
+}
+
+/// An error as one JSON object (`broker token --format json`): `error` (the class) and `message`, and where it
+/// points into a file, `file`, `line`, `column` and `hint`.
+pub fn error_json(e: &broker_core::Error) -> serde_json::Value {
+    let mut v = serde_json::json!({"error": e.kind().as_str(), "message": e.message()});
+    if let Some(d) = e.diagnostic() {
+        v["file"] = d.file.clone().into();
+        v["line"] = d.line.into();
+        v["column"] = d.column.into();
+        v["hint"] = d.hint.clone().into();
+    }
+    v
+}
+
 /// Whether stderr may carry colour: it is a terminal and `NO_COLOR` is unset (or empty).
 pub fn colour() -> bool {
     use std::io::IsTerminal;

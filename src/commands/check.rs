@@ -27,7 +27,8 @@ pub fn run(cli: &Cli) -> CmdResult {
             }
             Err(e) => {
                 failed += 1;
-                out.push_str(&format!("  error: {}\n", e.message().replace('\n', "\n  ")));
+                let text = output::error_text(&e);
+                out.push_str(&format!("  {}\n", text.trim_end().replace('\n', "\n  ")));
             }
         }
     }

@@ -45,8 +45,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     match token(cli, args) {
         Ok(()) => Ok(()),
         Err(e) if args.format == Format::Json => {
-            let v = serde_json::json!({"error": e.kind().as_str(), "message": e.message()});
-            eprintln!("{v}");
+            eprintln!("{}", output::error_json(&e));
             Err(Failure::Reported(e.kind()))
         }
         Err(e) => Err(e.into()),

@@ -162,7 +162,8 @@ fn config_errors_name_file_line_column_and_exit_3() {
     home.config("[profiles.p]\nprovider = \"ion\"\nclient_id = \"id\"\nclient_secert = \"x\"\n");
     let out = home.run(["token", "p"]);
     out.code(3)
-        .stderr_has("config.toml:4:1: unknown key `client_secert`")
+        .stderr_has("unknown key `client_secert`")
+        .stderr_has("config.toml:4:1")
         .stderr_has("did you mean `client_secret`?");
 
     home.config("[profiles.p]\nprovider = \"ion\"\nenvironment = \"prod\"\nclient_id = \"id\"\nclient_secret = \"x\"\n");

@@ -318,6 +318,7 @@ impl DiskCache {
                 "cannot write cache entry in {}: {e}",
                 self.dir.display()
             ))
+            .with_source(e)
         };
         let tmp_name = format!("{}.tmp", key.hex());
         let create = || {

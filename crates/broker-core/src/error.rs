@@ -67,14 +67,54 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An error of the broker. Its message names the profile, provider, URL and status where known,
-/// and never a secret or a token.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
+/// Where in a file an error points: for a front end to draw (the CLI uses `annotate-snippets`) or to report as
+/// fields (`broker token --format json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Diagnostic {
+    /// The file, as shown to the user (built-ins show as `<built-in>/name.toml`).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// The line itself, with the values of secret literals replaced by `[redacted]`.
+    pub excerpt: String,
+    /// The byte range of `excerpt` the error is about.
+    pub span: std::ops::Range<usize>,
+    /// What would fix it: the closest valid name, the valid names, an example.
+    pub hint: Option<String>,
+}
+
+/// An error of the broker: a class (which decides the exit code), a message that names the profile, provider, URL
+/// and status where known and never a secret or a token, and optionally where in a file it points
+/// ([`Error::diagnostic`]) and the underlying error ([`std::error::Error::source`]).
+///
+/// `Display` is one line: `file:line:column: message` when it points into a file, else the message.
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     retry_at: Option<SystemTime>,
+    diagnostic: Option<Box<Diagnostic>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.diagnostic {
+            Some(d) => write!(f, "{}:{}:{}: {}", d.file, d.line, d.column, self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl Error {
@@ -84,6 +124,8 @@ impl Error {
             kind,
             message: message.into(),
             retry_at: None,
+            diagnostic: None,
+            source: None,
         }
     }
     /// Shorthand for [`ErrorKind::Internal`].
@@ -116,7 +158,25 @@ impl Error {
         self.kind
     }
 
-    /// The message, without the class.
+    /// Where in a file this error points, if it does.
+    pub fn diagnostic(&self) -> Option<&Diagnostic> {
+        self.diagnostic.as_deref()
+    }
+
+    /// Records where in a file this error points.
+    pub fn with_diagnostic(mut self, d: Diagnostic) -> Self {
+        self.diagnostic = Some(Box::new(d));
+        self
+    }
+
+    /// Records the underlying error, returned by [`std::error::Error::source`]. Its text must hold no secret: it
+    /// may be printed.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
+
+    /// The message, without the class or the position.
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -101,7 +101,7 @@ fn transport_error(e: reqwest::Error) -> Error {
         detail = s.to_string();
         src = s.source();
     }
-    Error::unavailable(format!("{what}: {detail}"))
+    Error::unavailable(format!("{what}: {detail}")).with_source(e)
 }
 
 /// When the server says to come back: `Retry-After` (seconds or HTTP date), else Auth0's `x-ratelimit-reset`.
@@ -314,6 +314,22 @@ mod text_tests {
             redact("id s3cret s3cret", &["s3cret".into(), String::new()]),
             "id [redacted] [redacted]"
         );
+    }
+
+    #[test]
+    fn a_transport_failure_keeps_the_underlying_error_as_its_source() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = build_client(Duration::from_secs(5), Duration::from_secs(5), None, true)
+            .expect("client");
+        // Port 9 (discard) on loopback is not listening here: connection refused.
+        let e = rt.block_on(send(client.post("http://127.0.0.1:9/token")));
+        let e = e.expect_err("nothing listens on port 9");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let source = std::error::Error::source(&e).map(|s| s.is::<reqwest::Error>());
+        assert_eq!(source, Some(true), "{e}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub mod error;
 pub mod secret;
 pub mod token;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Diagnostic, Error, ErrorKind, Result};
 
 /// The built-in provider definitions (`providers/*.toml` of the repository), as `(name, TOML text)`.
 pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[

@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 use url::Url;
 
-use crate::error::{Error, Result};
+use crate::error::{Diagnostic, Error, Result};
 use crate::secret::SecretSource;
 
 mod load;

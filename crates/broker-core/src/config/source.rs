@@ -22,8 +22,8 @@ impl SourceFile {
         (line, before[line_start..].chars().count() + 1)
     }
 
-    /// An error pointing at `span` in this file, drawn with the source line and a caret. The line is shown with the
-    /// values of `client_secret`, `client_id` and `private_key` literals replaced by `[redacted]`.
+    /// An error pointing at `span` in this file: its [`Diagnostic`] carries the line (with the values of
+    /// `client_secret`, `client_id` and `private_key` literals replaced by `[redacted]`) and the hint.
     pub fn error(
         &self,
         span: Range<usize>,
@@ -36,20 +36,23 @@ impl SourceFile {
             .lines()
             .next()
             .map_or(1, |s| s.chars().count().max(1));
-        let (text, caret_col, width) = redact_line(text, col - 1, width);
-        let gutter = line.to_string().len();
-        let mut msg = format!(
-            "{}:{line}:{col}: {message}\n{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}",
-            self.name,
-            "",
-            "",
-            " ".repeat(caret_col),
-            "^".repeat(width)
-        );
-        if let Some(h) = hint {
-            msg.push_str(&format!("\n{:gutter$} = hint: {h}", ""));
-        }
-        Error::config(msg)
+        let (excerpt, caret_col, width) = redact_line(text, col - 1, width);
+        let byte = |chars: usize| {
+            excerpt
+                .char_indices()
+                .nth(chars)
+                .map_or(excerpt.len(), |(i, _)| i)
+        };
+        let start = byte(caret_col);
+        let end = byte(caret_col + width).max(start);
+        Error::config(message.to_string()).with_diagnostic(Diagnostic {
+            file: self.name.clone(),
+            line,
+            column: col,
+            span: start..end,
+            excerpt,
+            hint,
+        })
     }
 }
 
