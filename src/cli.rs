@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use broker_core::{Error, ErrorKind};
-use clap::{Parser, Subcommand};
+use broker_core::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands;
+use crate::context::{Failure, Globals};
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -124,19 +125,24 @@ pub fn run() -> ExitCode {
     };
     let json_logs = matches!(&cli.command, Command::Daemon(a) if a.log_format == crate::daemon::LogFormat::Json);
     init_logging(json_logs);
+    let g = Globals {
+        config: cli.config.clone(),
+    };
     let result = match &cli.command {
-        Command::Token(args) => commands::token::run(&cli, args),
-        Command::List => commands::list::run(&cli),
-        Command::Providers => commands::providers::run(&cli),
-        Command::Check => commands::check::run(&cli),
-        Command::Inspect(args) => commands::inspect::run(&cli, args),
-        Command::Cache(c) => commands::cache::run(&cli, c),
-        Command::Exec(args) => commands::exec::run(&cli, args),
-        Command::Curl(args) => commands::curl::run(&cli, args),
-        Command::GitCredential(args) => commands::git_credential::run(&cli, args),
-        Command::Completions { shell } => commands::completions::completions(*shell),
-        Command::Man => commands::completions::man(),
-        Command::Daemon(args) => crate::daemon::run(&cli, args),
+        Command::Token(args) => commands::token::run(&g, args),
+        Command::List => commands::list::run(&g),
+        Command::Providers => commands::providers::run(&g),
+        Command::Check => commands::check::run(&g),
+        Command::Inspect(args) => commands::inspect::run(&g, args),
+        Command::Cache(c) => commands::cache::run(&g, c),
+        Command::Exec(args) => commands::exec::run(&g, args),
+        Command::Curl(args) => commands::curl::run(&g, args),
+        Command::GitCredential(args) => commands::git_credential::run(&g, args),
+        Command::Completions { shell } => {
+            commands::completions::completions(*shell, Cli::command())
+        }
+        Command::Man => commands::completions::man(Cli::command()),
+        Command::Daemon(args) => crate::daemon::run(&g, args),
         Command::Demo => commands::demo::run(),
         Command::DevIssuer(args) => crate::dev_issuer::run(args),
     };
@@ -150,22 +156,6 @@ pub fn run() -> ExitCode {
         }
     }
 }
-
-/// How a command failed: an error still to print, or one already reported (e.g. as JSON).
-pub enum Failure {
-    Error(Error),
-    Reported(ErrorKind),
-    /// A child could not be started: the shell's codes, 127 not found, 126 not runnable.
-    Exit(u8),
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Error(e)
-    }
-}
-
-pub type CmdResult = Result<(), Failure>;
 
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;

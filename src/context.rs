@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use broker_core::config::LoadOptions;
 use broker_core::{paths, Broker, Config, Result, Settings};
 
-use crate::cli::Cli;
-
 /// Load options for the CLI: `--config` (which must exist) over the user defaults.
 pub fn load_options_for(config_flag: Option<&std::path::Path>) -> LoadOptions {
     let mut opts = LoadOptions::user_default();
@@ -17,8 +15,30 @@ pub fn load_options_for(config_flag: Option<&std::path::Path>) -> LoadOptions {
     opts
 }
 
-pub fn load(cli: &Cli) -> Result<Config> {
-    Config::load(&load_options_for(cli.config.as_deref()))
+/// What every command is given of the command line beyond its own arguments.
+pub struct Globals {
+    /// `--config PATH`.
+    pub config: Option<PathBuf>,
+}
+
+/// How a command failed: an error still to print, or one already reported (e.g. as JSON).
+pub enum Failure {
+    Error(broker_core::Error),
+    Reported(broker_core::ErrorKind),
+    /// A child could not be started: the shell's codes, 127 not found, 126 not runnable.
+    Exit(u8),
+}
+
+impl From<broker_core::Error> for Failure {
+    fn from(e: broker_core::Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+pub type CmdResult = std::result::Result<(), Failure>;
+
+pub fn load(g: &Globals) -> Result<Config> {
+    Config::load(&load_options_for(g.config.as_deref()))
 }
 
 pub fn cache_dir() -> Option<PathBuf> {
@@ -47,13 +67,13 @@ pub fn broker_all(config: &Config) -> Broker {
 
 /// Resolves `profile` and gets its token: what every token-printing command does.
 pub fn settings_and_token(
-    cli: &Cli,
+    g: &Globals,
     profile: &str,
     overrides: &broker_core::Overrides,
     req: &broker_core::TokenRequest,
     no_cache: bool,
 ) -> Result<(Settings, std::sync::Arc<broker_core::AccessToken>)> {
-    let config = load(cli)?;
+    let config = load(g)?;
     let mut settings = config.resolve(profile, overrides)?;
     if no_cache {
         settings.cache = broker_core::config::CacheMode::None;

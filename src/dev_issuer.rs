@@ -19,7 +19,7 @@ use broker_core::Error;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::cli::CmdResult;
+use crate::context::CmdResult;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -53,6 +53,44 @@ impl Shown {
     }
 }
 
+/// The `json` format of a token (docs/reference.md §5): what `broker token --format json` prints, what the daemon
+/// serves, and what its client reads back. It holds the token only while being written or read.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TokenJson {
+    pub access_token: String,
+    #[serde(default = "bearer")]
+    pub token_type: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+    pub expires_in: u64,
+    pub profile: String,
+    pub header: String,
+}
+
+fn bearer() -> String {
+    "Bearer".into()
+}
+
+impl TokenJson {
+    /// The token it holds (`obtained_at` is not in the format: it is taken as `now`, or the expiry if earlier).
+    /// A token or type with a control character is refused, as from a provider.
+    pub fn token(&self, now: SystemTime) -> broker_core::Result<AccessToken> {
+        let bad = || broker_core::Error::internal("the daemon's answer is not a token");
+        if !broker_core::token::printable(&self.access_token)
+            || !broker_core::token::printable(&self.token_type)
+        {
+            return Err(bad());
+        }
+        let expires_at = humantime::parse_rfc3339(&self.expires_at).map_err(|_| bad())?;
+        Ok(AccessToken::new(
+            secrecy::SecretString::from(self.access_token.clone()),
+            self.token_type.clone(),
+            now.min(expires_at),
+            expires_at,
+        ))
+    }
+}
+
 /// Renders `token` in `format`. `min_ttl` decides the margin kubectl is told to refresh at.
 pub fn render(
     format: Format,
@@ -66,15 +104,17 @@ pub fn render(
         Format::Token => format!("{raw}\n"),
         Format::Header => format!("{}\n", settings.header_line(raw)),
         Format::Json => {
-            let v = serde_json::json!({
-                "access_token": raw,
-                "token_type": token.token_type(),
-                "expires_at": rfc3339(token.expires_at()),
-                "expires_in": token.remaining(now).as_secs(),
-                "profile": settings.profile,
-                "header": settings.header_line(raw),
-            });
-            format!("{v}\n")
+            let v = TokenJson {
+                access_token: raw.into(),
+                token_type: token.token_type().into(),
+                expires_at: rfc3339(token.expires_at()),
+                expires_in: token.remaining(now).as_secs(),
+                profile: settings.profile.clone(),
+                header: settings.header_line(raw),
+            };
+            let text = serde_json::to_string(&v)
+                .map_err(|e| broker_core::Error::internal(format!("cannot write JSON: {e}")))?;
+            format!("{text}\n")
         }
         Format::Env => {
             let mut out = format!("export BROKER_TOKEN={}\n", shell_quote(raw));

@@ -2,8 +2,8 @@
 
 use broker_core::cache::DiskCache;
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output;
 
 #[derive(clap::Subcommand)]
@@ -16,11 +16,11 @@ pub enum CacheCommand {
     },
 }
 
-pub fn run(cli: &Cli, cmd: &CacheCommand) -> CmdResult {
+pub fn run(g: &Globals, cmd: &CacheCommand) -> CmdResult {
     let CacheCommand::Clear { profile } = cmd;
     match profile {
         Some(name) => {
-            let config = context::load(cli)?;
+            let config = context::load(g)?;
             let settings = config.resolve(name, &Default::default())?;
             let removed = context::broker_for(settings).clear(name)?;
             output::print_stdout(&format!(

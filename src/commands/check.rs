@@ -3,12 +3,12 @@
 use broker_core::secret::SecretSource;
 use broker_core::{Error, Settings};
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output;
 
-pub fn run(cli: &Cli) -> CmdResult {
-    let config = context::load(cli)?;
+pub fn run(g: &Globals) -> CmdResult {
+    let config = context::load(g)?;
     let mut out = String::from("files:\n");
     for f in config.files() {
         out.push_str(&format!("  {f}\n"));

@@ -1,17 +1,15 @@
-//! `broker completions <shell>` and `broker man`: generated from the clap command tree.
+//! `broker completions <shell>` and `broker man`: generated from the clap command tree the caller passes.
 
-use clap::CommandFactory;
+use crate::context::CmdResult;
 
-use crate::cli::{Cli, CmdResult};
-
-pub fn completions(shell: clap_complete::Shell) -> CmdResult {
-    clap_complete::generate(shell, &mut Cli::command(), "broker", &mut std::io::stdout());
+pub fn completions(shell: clap_complete::Shell, mut cmd: clap::Command) -> CmdResult {
+    clap_complete::generate(shell, &mut cmd, "broker", &mut std::io::stdout());
     Ok(())
 }
 
-pub fn man() -> CmdResult {
+pub fn man(cmd: clap::Command) -> CmdResult {
     let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command())
+    clap_mangen::Man::new(cmd)
         .render(&mut out)
         .map_err(|e| broker_core::Error::internal(format!("cannot render the man page: {e}")))?;
     crate::output::print_stdout(&String::from_utf8_lossy(&out))?;

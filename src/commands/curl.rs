@@ -9,8 +9,8 @@ use std::os::unix::process::CommandExt;
 use broker_core::{Error, TokenRequest};
 use secrecy::ExposeSecret;
 
-use crate::cli::{Cli, CmdResult, Failure};
 use crate::context;
+use crate::context::{CmdResult, Failure, Globals};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,9 +44,9 @@ pub fn join_url(api: Option<&url::Url>, url: &str, profile: &str) -> Result<Stri
     Ok(format!("{}{url}", api.as_str().trim_end_matches('/')))
 }
 
-pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let (settings, token) = context::settings_and_token(
-        cli,
+        g,
         &args.profile,
         &Default::default(),
         &TokenRequest::default(),

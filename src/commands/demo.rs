@@ -11,7 +11,7 @@ use broker_core::token::jwt_claims;
 use broker_core::{Broker, Config, Error, TokenRequest};
 use secrecy::ExposeSecret;
 
-use crate::cli::CmdResult;
+use crate::context::CmdResult;
 use crate::dev_issuer;
 use crate::output::rfc3339;
 

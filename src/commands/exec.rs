@@ -6,8 +6,8 @@ use std::os::unix::process::CommandExt;
 use broker_core::TokenRequest;
 use secrecy::ExposeSecret;
 
-use crate::cli::{Cli, CmdResult, Failure};
 use crate::context;
+use crate::context::{CmdResult, Failure, Globals};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,9 +25,9 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let (settings, token) = context::settings_and_token(
-        cli,
+        g,
         &args.profile,
         &Default::default(),
         &TokenRequest::default(),

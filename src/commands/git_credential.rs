@@ -6,8 +6,8 @@ use std::io::BufRead;
 use broker_core::{Settings, TokenRequest};
 use secrecy::ExposeSecret;
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -59,7 +59,7 @@ pub fn matches(settings: &Settings, protocol: &str, host: &str) -> bool {
     protocol == api.scheme() && api_host.eq_ignore_ascii_case(host)
 }
 
-pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let request = read_request(std::io::stdin().lock());
     if !matches!(args.action, Action::Get) {
         return Ok(());
@@ -71,7 +71,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
             .map(|(_, v)| v.as_str())
             .unwrap_or("")
     };
-    let config = context::load(cli)?;
+    let config = context::load(g)?;
     let settings = config.resolve(&args.profile, &Default::default())?;
     if !matches(&settings, get("protocol"), get("host")) {
         // Not ours: say nothing, and git asks the next helper.

@@ -8,8 +8,8 @@ use broker_core::{Error, TokenRequest};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output::{self, rfc3339};
 
 #[derive(clap::Args)]
@@ -18,7 +18,7 @@ pub struct Args {
     pub target: String,
 }
 
-pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let now = SystemTime::now();
     let (raw, known_expiry) = if args.target == "-" {
         let mut s = String::new();
@@ -29,7 +29,7 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
         (s.trim().to_owned(), None)
     } else {
         let (_, t) = context::settings_and_token(
-            cli,
+            g,
             &args.target,
             &Default::default(),
             &TokenRequest::default(),

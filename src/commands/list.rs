@@ -5,8 +5,8 @@ use std::time::SystemTime;
 use broker_core::cache::Cooldown;
 use broker_core::{CacheState, ErrorKind, Status};
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output::{self, rfc3339};
 
 /// The status the daemon reports for `name` in its `/v1/profiles` answer.
@@ -52,8 +52,8 @@ pub fn cooldown_text(c: Option<&Cooldown>, now: SystemTime) -> String {
     }
 }
 
-pub fn run(cli: &Cli) -> CmdResult {
-    let config = context::load(cli)?;
+pub fn run(g: &Globals) -> CmdResult {
+    let config = context::load(g)?;
     let broker = context::broker_all(&config);
     let now = SystemTime::now();
     // A live daemon with our config knows the freshest state; otherwise the disk cache is read here.

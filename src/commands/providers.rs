@@ -1,11 +1,11 @@
 //! `broker providers`: the provider definitions, built-in and the user's.
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output;
 
-pub fn run(cli: &Cli) -> CmdResult {
-    let config = context::load(cli)?;
+pub fn run(g: &Globals) -> CmdResult {
+    let config = context::load(g)?;
     let mut rows = vec![vec![
         "PROVIDER".into(),
         "KIND".into(),

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 use broker_core::config::{CacheMode, Overrides};
 use broker_core::{Error, TokenRequest};
 
-use crate::cli::{Cli, CmdResult, Failure};
 use crate::context;
+use crate::context::{CmdResult, Failure, Globals};
 use crate::daemon;
 use crate::output::{self, Format};
 
@@ -41,8 +41,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     broker_core::duration::parse(s)
 }
 
-pub fn run(cli: &Cli, args: &Args) -> CmdResult {
-    match token(cli, args) {
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
+    match token(g, args) {
         Ok(()) => Ok(()),
         Err(e) if args.format == Format::Json => {
             eprintln!("{}", output::error_json(&e));
@@ -52,13 +52,13 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
     }
 }
 
-fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
+fn token(g: &Globals, args: &Args) -> Result<(), Error> {
     let overrides = Overrides {
         min_ttl: args.min_ttl,
         scope: args.scope.clone(),
         audience: args.audience.clone(),
     };
-    let config = context::load(cli)?;
+    let config = context::load(g)?;
     let mut settings = config.resolve(&args.profile, &overrides)?;
     let now = SystemTime::now();
     let min_ttl = args.min_ttl.unwrap_or(settings.min_ttl);
@@ -75,8 +75,7 @@ fn token(cli: &Cli, args: &Args) -> Result<(), Error> {
             args.min_ttl,
             args.force_refresh,
         ) {
-            Some(daemon::client::Answer::Token(v)) => {
-                let token = daemon::client::token_from_json(&v, now)?;
+            Some(daemon::client::Answer::Token(token)) => {
                 return output::print_stdout(&output::render(
                     args.format,
                     &output::Shown::from(&settings),

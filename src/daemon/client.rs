@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use broker_core::{Error, ErrorKind};
 
-/// What the daemon said: the `json` format of a token, or an error.
+/// What the daemon said: a token, or an error.
 pub enum Answer {
-    Token(serde_json::Value),
+    Token(broker_core::AccessToken),
     Failed(Error),
 }
 
@@ -38,7 +38,13 @@ pub fn token(
     }
     let (status, v) = get(fingerprint, &path)?;
     if status == 200 {
-        return Some(Answer::Token(v));
+        let token = serde_json::from_value::<crate::output::TokenJson>(v)
+            .map_err(|_| Error::internal("the daemon's answer is not a token"))
+            .and_then(|t| t.token(std::time::SystemTime::now()));
+        return Some(match token {
+            Ok(t) => Answer::Token(t),
+            Err(e) => Answer::Failed(e),
+        });
     }
     let kind = v
         .get("error")
@@ -146,34 +152,4 @@ fn exchange(
         )));
     }
     Ok((status, v))
-}
-
-/// Rebuilds a token from the daemon's `json` answer (`obtained_at` is unknown and taken as `now`).
-pub fn token_from_json(
-    v: &serde_json::Value,
-    now: std::time::SystemTime,
-) -> Result<broker_core::AccessToken, Error> {
-    let bad = || Error::internal("the daemon's answer is not a token");
-    let raw = v
-        .get("access_token")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(bad)?;
-    let token_type = v
-        .get("token_type")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("Bearer");
-    if !broker_core::token::printable(raw) || !broker_core::token::printable(token_type) {
-        return Err(bad());
-    }
-    let expires_at = v
-        .get("expires_at")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|s| humantime::parse_rfc3339(s).ok())
-        .ok_or_else(bad)?;
-    Ok(broker_core::AccessToken::new(
-        secrecy::SecretString::from(raw.to_owned()),
-        token_type,
-        now.min(expires_at),
-        expires_at,
-    ))
 }

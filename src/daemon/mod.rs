@@ -25,8 +25,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::UnixListener;
 
-use crate::cli::{Cli, CmdResult};
 use crate::context;
+use crate::context::{CmdResult, Globals};
 use crate::output::{self, rfc3339, Format};
 use api::*;
 use metrics::Metrics;
@@ -217,7 +217,7 @@ fn raise_open_file_limit() {
     }
 }
 
-pub fn run(cli: &Cli, args: &Args) -> CmdResult {
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let mut rt = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -230,11 +230,11 @@ pub fn run(cli: &Cli, args: &Args) -> CmdResult {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(cli, args))?;
+    rt.block_on(serve(g, args))?;
     Ok(())
 }
 
-async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
+async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
     if let Some(addr) = args
         .listen
         .filter(|a| !a.ip().is_loopback() && !args.allow_remote)
@@ -259,7 +259,7 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
 
     let metrics = Arc::new(Metrics::default());
     let daemon = Arc::new(Daemon {
-        loaded: RwLock::new(Arc::new(load(cli.config.as_deref(), &metrics)?)),
+        loaded: RwLock::new(Arc::new(load(g.config.as_deref(), &metrics)?)),
         metrics,
         allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
             .chain(args.allow_uid.iter().copied())
@@ -287,7 +287,7 @@ async fn serve(cli: &Cli, args: &Args) -> Result<(), Error> {
     let refresher = tokio::spawn(refresh::run(daemon.clone()));
     let reload = {
         let daemon = daemon.clone();
-        let cli_config = cli.config.clone();
+        let cli_config = g.config.clone();
         tokio::spawn(async move { reload_on_hup(daemon, cli_config).await })
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -386,35 +386,43 @@ async fn listen_tcp(
     Ok((listener, key))
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename) with `mode`.
+/// Writes `bytes` to `path` atomically with `mode` ([`broker_core::paths::write_atomic`], the temp file
+/// `.<name>.broker-tmp` beside it).
 pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    write_private_owned(path, bytes, mode, None, None)
+    write_private_owned(path, bytes, mode, (None, None))
 }
 
-/// [`write_private`], the file given to `uid` and `gid` (when set) before it takes its name.
+/// [`write_private`], the file given to `owner` (uid, gid; when set) before it takes its name.
 pub fn write_private_owned(
     path: &Path,
     bytes: &[u8],
     mode: u32,
-    uid: Option<u32>,
-    gid: Option<u32>,
+    owner: broker_core::paths::Owner,
 ) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::internal(format!("cannot write {}: {e}", path.display()));
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::internal(format!("{} has no directory", path.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".broker-tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io)?;
-    if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::fchown(tmp.as_file(), uid, gid).map_err(io)?;
-    }
-    std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    use rustix::fs::{Mode, OFlags};
+    let io = |e: std::io::Error| {
+        Error::internal(format!("cannot write {}: {e}", path.display())).with_source(e)
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::internal(format!(
+            "{} is not a file path",
+            path.display()
+        )));
+    };
+    let name = name.to_string_lossy();
+    let dir = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(e.into()))?;
+    broker_core::paths::write_atomic(
+        &dir,
+        &format!(".{name}.broker-tmp"),
+        &name,
+        bytes,
+        mode,
+        owner,
+    )
+    .map_err(io)
 }

@@ -292,7 +292,7 @@ fn write_sink(
     check_sink_path(&path)?;
     let uid = sink.owner.as_deref().map(user_id).transpose()?;
     let gid = sink.group.as_deref().map(group_id).transpose()?;
-    write_private_owned(&path, body.as_bytes(), sink.mode, uid, gid)
+    write_private_owned(&path, body.as_bytes(), sink.mode, (uid, gid))
 }
 
 /// A sink goes only where no one else can swap or read it first (docs/security.md, "sinks"): its directory is not

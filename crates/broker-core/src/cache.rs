@@ -2,7 +2,7 @@
 //! written by temp file + fsync + rename + directory fsync, with a separate `.lock` file per key.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -307,9 +307,7 @@ impl DiskCache {
         }
     }
 
-    /// Writes the entry of `key` atomically: a temp file created with `O_EXCL | O_NOFOLLOW` (a stray one, of a
-    /// writer that died, is unlinked first: unlinking never follows a symlink), fsync, rename, directory fsync.
-    /// Call with the key's lock held: the temp file has one fixed name per key (`<key>.tmp`), so no directory scan
+    /// Writes the entry of `key` atomically ([`crate::paths::write_atomic`]). Call with the key's lock held: the temp file has one fixed name per key (`<key>.tmp`), so no directory scan
     /// is needed and a write costs the same with ten entries or ten thousand.
     pub fn write(&self, key: &CacheKey, entry: &Entry, profile: &str) -> Result<()> {
         let dir = self.open_dir()?;
@@ -320,30 +318,15 @@ impl DiskCache {
             ))
             .with_source(e)
         };
-        let tmp_name = format!("{}.tmp", key.hex());
-        let create = || {
-            rustix::fs::openat(
-                &dir,
-                &tmp_name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | at_flags(),
-                Mode::from_raw_mode(0o600),
-            )
-        };
-        let fd = match create() {
-            Err(rustix::io::Errno::EXIST) => {
-                rustix::fs::unlinkat(&dir, &tmp_name, AtFlags::empty())
-                    .map_err(|e| io(e.into()))?;
-                create()
-            }
-            other => other,
-        }
-        .map_err(|e| io(e.into()))?;
-        let mut tmp = File::from(fd);
-        tmp.write_all(&encode_entry(entry, profile)).map_err(io)?;
-        tmp.sync_all().map_err(io)?;
-        rustix::fs::renameat(&dir, &tmp_name, &dir, Self::entry_name(key))
-            .map_err(|e| io(e.into()))?;
-        rustix::fs::fsync(&dir).map_err(|e| io(e.into()))?;
+        crate::paths::write_atomic(
+            &dir,
+            &format!("{}.tmp", key.hex()),
+            &Self::entry_name(key),
+            &encode_entry(entry, profile),
+            0o600,
+            (None, None),
+        )
+        .map_err(io)?;
         Ok(())
     }
 

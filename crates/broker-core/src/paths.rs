@@ -139,3 +139,49 @@ fn dir_error(dir: &Path, e: rustix::io::Errno) -> Error {
         e => Error::internal(format!("cannot open {}: {e}", dir.display())),
     }
 }
+
+/// Who a written file is given to: a uid and a gid, each optional (the writer's when absent).
+pub type Owner = (Option<u32>, Option<u32>);
+
+/// The one atomic file write of the broker (cache entries, daemon token files and key): in the open directory
+/// `dir`, the temp file `tmp` is created `O_CREAT | O_EXCL | O_NOFOLLOW` (a stray one, of a writer that died, is
+/// unlinked first: unlinking never follows a symlink), given exactly `mode` and `owner`, written and fsynced, then
+/// renamed over `name`, and the directory is fsynced. A reader sees the old file or the new one, never a torn one.
+pub fn write_atomic(
+    dir: &OwnedFd,
+    tmp: &str,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    owner: Owner,
+) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    use std::io::Write;
+    let create = || {
+        rustix::fs::openat(
+            dir,
+            tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    };
+    let fd = match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            rustix::fs::unlinkat(dir, tmp, AtFlags::empty())?;
+            create()
+        }
+        other => other,
+    }?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    if owner != (None, None) {
+        let uid = owner.0.map(rustix::fs::Uid::from_raw);
+        let gid = owner.1.map(rustix::fs::Gid::from_raw);
+        rustix::fs::fchown(&fd, uid, gid)?;
+    }
+    let mut file = fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    rustix::fs::renameat(dir, tmp, dir, name)?;
+    rustix::fs::fsync(dir)?;
+    Ok(())
+}
