@@ -54,7 +54,18 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to: for tests of expiry, margins and retries. Sleeping on it moves it
+/// A clock that only moves when told to: for tests of expiry, margins and retries.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use broker_core::clock::{Clock, ManualClock};
+///
+/// let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+/// let clock = ManualClock::new(start);
+/// clock.advance(Duration::from_secs(90));
+/// assert_eq!(clock.now(), start + Duration::from_secs(90));
+/// ```
+/// Sleeping on it moves it
 /// forward to the wake-up time at once (like tokio's paused clock with auto-advance), so a retry schedule of
 /// thirty seconds runs in microseconds and its times are exact.
 #[derive(Debug)]

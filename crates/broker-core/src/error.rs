@@ -91,6 +91,17 @@ pub struct Diagnostic {
 /// ([`Error::diagnostic`]) and the underlying error ([`std::error::Error::source`]).
 ///
 /// `Display` is one line: `file:line:column: message` when it points into a file, else the message.
+///
+/// ```
+/// use broker_core::{Config, ErrorKind};
+///
+/// let e = Config::parse("[profiles.p]\nkind = \"oauth2\"\nmin_tl = \"5m\"\n").expect_err("a typo");
+/// assert_eq!(e.kind(), ErrorKind::Config); // exit code 3
+/// let d = e.diagnostic().expect("it points into the file");
+/// assert_eq!((d.file.as_str(), d.line, d.column), ("<inline>", 3, 1));
+/// assert_eq!(d.hint.as_deref(), Some("did you mean `min_ttl`?"));
+/// assert_eq!(e.to_string(), "<inline>:3:1: unknown key `min_tl` in profile `p`");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,

@@ -28,7 +28,7 @@ const BASIC_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// The `Authorization: Basic` value for a client id and secret, each encoded before joining.
-pub fn basic_credentials(id: &str, secret: &str) -> String {
+pub(crate) fn basic_credentials(id: &str, secret: &str) -> String {
     let joined = format!(
         "{}:{}",
         utf8_percent_encode(id, BASIC_SET),
@@ -46,7 +46,7 @@ type ClientKey = (Duration, Duration, Option<PathBuf>, bool);
 
 /// HTTP clients shared by providers, one per [`ClientKey`].
 #[derive(Default)]
-pub struct ClientPool {
+pub(crate) struct ClientPool {
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
 
@@ -143,7 +143,7 @@ impl HttpProvider {
 
     /// Shares `pool` with other providers: profiles with the same timeouts and `ca_file` then share one
     /// client, its connections and its TLS configuration (built on first use, never on a cache hit).
-    pub fn with_pool(mut self, pool: Arc<ClientPool>) -> Self {
+    pub(crate) fn with_pool(mut self, pool: Arc<ClientPool>) -> Self {
         self.pool = pool;
         self
     }

@@ -1,6 +1,29 @@
-//! `broker-core`: OAuth2 client-credentials tokens for any API, cached and shared.
+//! `broker-core`: OAuth2 client-credentials tokens for any API, cached and shared. The embeddable core of the
+//! `broker` command: everything but the command line, the daemon and the output formats.
 //!
-//! The crate never prints and never parses argv. See `docs/ARCHITECTURE.md` for the map.
+//! # Embedding it
+//!
+//! A [`Broker`] hands out [`AccessToken`]s per *profile*: from memory while fresh, else from the disk cache that
+//! `broker` processes share, else from the provider, with one upstream call per credential set however many
+//! callers ask at once. What a profile is comes from TOML ([`Config`]: the built-in ION and CHILI providers, the
+//! user's provider files and config file, exactly as the CLI reads them) or from your own [`Provider`].
+//!
+//! - **One-shot** (a script-like program): load the user's config, ask once, use the token.
+//!   `examples/one_shot.rs`. [`Broker::cached`] serves a fresh cached token without an HTTP client or a runtime.
+//! - **A long-lived service**: keep one `Arc<Broker>` and call [`Broker::token`] before each request, or put the
+//!   `middleware::TokenMiddleware` (feature `middleware`) on a `reqwest-middleware` client: it adds the profile's
+//!   header and refreshes once on a 401. `examples/ion_graphql.rs`, and the example below.
+//! - **Your own token source**: implement [`Provider`] (a cache key and a fetch) and register it with
+//!   [`BrokerBuilder::profile`]; it gets the same caching, single flight, retries and cool-downs.
+//!   `examples/custom_provider.rs`.
+//!
+//! The crate never prints, never parses argv, and reads the environment only through [`secret::SecretSource`] and
+//! [`paths`]. Errors carry a class ([`ErrorKind`], which the CLI maps to its exit code), a message that never holds
+//! a secret, and where relevant a [`Diagnostic`] (file, line, column) and the underlying error as `source()`. Time
+//! is injected ([`clock::Clock`]), so tests move a [`clock::ManualClock`] instead of sleeping. What the crate
+//! promises is stated in the repository's `docs/reference.md`; its map is `docs/ARCHITECTURE.md`.
+//!
+//! # Example
 //!
 //! An ION-style profile calling its GraphQL endpoint; here a local test server stands in for both ION's
 //! Keycloak and its API (with your own config, use `Config::load(&LoadOptions::user_default())`):
@@ -39,6 +62,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
 pub mod clock;
 pub mod config;
 pub mod duration;
@@ -53,14 +77,14 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
     ("ion", include_str!("../providers/ion.toml")),
     ("chili", include_str!("../providers/chili.toml")),
 ];
-pub mod broker;
+mod broker;
 pub mod cache;
-pub mod http;
-pub mod kinds;
+mod http;
+mod kinds;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 pub mod paths;
-pub mod provider;
+mod provider;
 
 pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, Status, TokenRequest};
 pub use config::{Config, LoadOptions, Overrides, Settings};

@@ -32,7 +32,39 @@ pub struct Fetched {
 
 /// A source of access tokens.
 ///
-/// Usable as `Arc<dyn Provider>`; register one with [`crate::BrokerBuilder::profile`].
+/// Usable as `Arc<dyn Provider>`; register one with [`crate::BrokerBuilder::profile`]. The broker does the rest:
+/// caching (by [`Provider::cache_key`]), one fetch for all concurrent callers, retries of `unavailable` failures,
+/// cool-downs after rejections. `examples/custom_provider.rs` is a whole program.
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use broker_core::{cache::CacheKey, token::TokenResponse, Broker, FetchContext, Fetched, Policy, Provider, TokenRequest};
+/// use secrecy::{ExposeSecret, SecretString};
+///
+/// struct Fixed;
+///
+/// #[async_trait]
+/// impl Provider for Fixed {
+///     fn describe(&self) -> String { "a fixed token".into() }
+///     fn cache_key(&self) -> broker_core::Result<CacheKey> { Ok(CacheKey::from_parts([b"fixed".as_slice()])) }
+///     async fn fetch(&self, cx: &FetchContext<'_>) -> broker_core::Result<Fetched> {
+///         Ok(Fetched {
+///             response: TokenResponse { access_token: SecretString::from("t0k3n".to_owned()), token_type: None, expires_in: Some(300.0) },
+///             requested_at: cx.clock.now(),
+///             endpoint: None,
+///         })
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+/// let broker = Broker::builder().profile("fixed", Arc::new(Fixed), Policy::default()).build();
+/// let token = broker.token("fixed", &TokenRequest::default()).await?;
+/// assert_eq!(token.secret().expose_secret(), "t0k3n");
+/// # Ok::<(), broker_core::Error>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Names the provider in messages: profile, provider, endpoint. Never a secret.

@@ -17,6 +17,17 @@ use crate::error::{Error, Result};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A place a secret is read from.
+///
+/// ```
+/// use broker_core::secret::SecretSource;
+/// use secrecy::ExposeSecret;
+///
+/// std::env::set_var("MY_SECRET", "hunter2");
+/// let s = SecretSource::Env("MY_SECRET".into());
+/// assert_eq!(s.describe(), "env MY_SECRET"); // what messages and `broker check` show
+/// assert_eq!(s.resolve()?.expose_secret(), "hunter2");
+/// # Ok::<(), broker_core::Error>(())
+/// ```
 #[derive(Clone)]
 pub enum SecretSource {
     /// The value itself, written in the config file.

@@ -103,6 +103,15 @@ impl Policy {
 }
 
 /// Options of one token request.
+///
+/// ```
+/// use std::time::Duration;
+/// use broker_core::TokenRequest;
+///
+/// // A token that will live at least ten more minutes: a cached one with less left is replaced.
+/// let req = TokenRequest { min_ttl: Some(Duration::from_secs(600)), ..Default::default() };
+/// # let _ = req;
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokenRequest {
     /// Overrides the profile's `min_ttl` for this request.
@@ -246,6 +255,25 @@ impl BrokerBuilder {
 }
 
 /// Hands out tokens: from memory, from disk, or from the provider, one upstream call per key at a time.
+///
+/// Build one with [`Broker::builder`] from a [`Config`] (the built-in HTTP kinds) or your own [`Provider`]s, keep it
+/// (behind an `Arc`) for as long as the program runs, and ask it with [`Broker::token`], or [`Broker::cached`] where
+/// no runtime is at hand:
+///
+/// ```
+/// use broker_core::{Broker, Config, TokenRequest};
+///
+/// let config = Config::parse(
+///     "[profiles.chili]\nprovider = \"chili\"\nclient_id = { env = \"CHILI_ID\" }\nclient_secret = { env = \"CHILI_SECRET\" }\n",
+/// )?;
+/// let broker = Broker::builder().config(&config, &Default::default()).build();
+/// assert_eq!(broker.profile_names(), ["chili"]);
+/// // Nothing cached yet (and no cache on disk here): `cached` says so without asking the provider.
+/// # std::env::set_var("CHILI_ID", "id");
+/// # std::env::set_var("CHILI_SECRET", "secret");
+/// assert!(broker.cached("chili", &TokenRequest::default())?.is_none());
+/// # Ok::<(), broker_core::Error>(())
+/// ```
 pub struct Broker {
     observer: Option<Arc<dyn Observer>>,
     clock: Arc<dyn Clock>,

@@ -287,6 +287,16 @@ impl Config {
 
     /// A config of the built-in providers and `text` as the config file (named `<inline>` in errors): for
     /// embedders that build their config in code, and for tests.
+    ///
+    /// ```
+    /// use broker_core::Config;
+    ///
+    /// let config = Config::parse("[profiles.ion-prod]\nprovider = \"ion\"\nclient_id = \"id\"\nclient_secret = \"s\"\n")?;
+    /// let settings = config.resolve("ion-prod", &Default::default())?;
+    /// assert_eq!(settings.header, "Authorization: {token}"); // ION takes the raw token
+    /// assert_eq!(settings.environment.as_deref(), Some("production"));
+    /// # Ok::<(), broker_core::Error>(())
+    /// ```
     pub fn parse(text: &str) -> Result<Config> {
         let mut files: Vec<(String, Arc<SourceFile>, bool)> = crate::BUILTIN_PROVIDERS
             .iter()
