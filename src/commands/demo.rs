@@ -28,16 +28,10 @@ fn io(e: std::io::Error) -> Error {
     Error::internal(format!("demo: {e}"))
 }
 
-async fn demo() -> Result<(), Error> {
-    let tmp = tempfile::Builder::new()
-        .prefix("broker-demo")
-        .tempdir()
-        .map_err(io)?;
-    let issuer = dev_issuer::start(0, 300, "demo-client").await?;
-    let base = issuer.base().to_owned();
-
-    // The secret goes into a 0600 file and the config names the file: no secret on argv or in the config.
-    let secret_path = tmp.path().join("client-secret");
+/// The demo's config in `dir`: an ION- and a CHILI-shaped profile against the issuer at `base`. The secret goes
+/// into a 0600 file and the config names the file: no secret on argv or in the config.
+fn write_config(dir: &std::path::Path, base: &str, client_secret: &str) -> Result<Config, Error> {
+    let secret_path = dir.join("client-secret");
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -46,9 +40,9 @@ async fn demo() -> Result<(), Error> {
             .mode(0o600)
             .open(&secret_path)
             .map_err(io)?;
-        writeln!(f, "{}", issuer.client_secret).map_err(io)?;
+        writeln!(f, "{client_secret}").map_err(io)?;
     }
-    let config_path = tmp.path().join("config.toml");
+    let config_path = dir.join("config.toml");
     let secret = secret_path
         .display()
         .to_string()
@@ -72,7 +66,7 @@ token_url = "{base}/oauth/token"
         ),
     )
     .map_err(io)?;
-    let config = Config::load(&LoadOptions {
+    Config::load(&LoadOptions {
         builtin_providers: broker_core::BUILTIN_PROVIDERS
             .iter()
             .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
@@ -80,7 +74,18 @@ token_url = "{base}/oauth/token"
         providers_dir: None,
         config_file: Some(config_path),
         config_file_required: true,
-    })?;
+    })
+}
+
+async fn demo() -> Result<(), Error> {
+    let tmp = tempfile::Builder::new()
+        .prefix("broker-demo")
+        .tempdir()
+        .map_err(io)?;
+    let issuer = dev_issuer::start(0, 300, "demo-client").await?;
+    let base = issuer.base().to_owned();
+
+    let config = write_config(tmp.path(), &base, &issuer.client_secret)?;
     let cache_dir = tmp.path().join("cache");
 
     println!(

@@ -17,6 +17,28 @@ struct Histogram {
     sum: f64,
 }
 
+impl Histogram {
+    /// The `_bucket` (cumulative), `_sum` and `_count` lines of `profile`'s upstream durations.
+    fn render(&self, out: &mut String, profile: &str) {
+        const NAME: &str = "broker_upstream_duration_seconds";
+        let mut cumulative = 0;
+        let bounds = BUCKETS
+            .iter()
+            .map(|le| le.to_string())
+            .chain(["+Inf".to_owned()]);
+        let counts = self.counts.iter().copied().chain([0]);
+        for (le, n) in bounds.zip(counts) {
+            cumulative += n;
+            let count = if le == "+Inf" { self.count } else { cumulative };
+            let l = labels(&[("profile", profile), ("le", &le)]);
+            let _ = writeln!(out, "{NAME}_bucket{l} {count}");
+        }
+        let l = labels(&[("profile", profile)]);
+        let _ = writeln!(out, "{NAME}_sum{l} {}", self.sum);
+        let _ = writeln!(out, "{NAME}_count{l} {}", self.count);
+    }
+}
+
 /// Everything counted for one profile. Labels other than the profile are `&'static str`, so counting allocates
 /// nothing once the profile has an entry, and a daemon with many profiles keeps one small record each.
 #[derive(Default)]
@@ -172,33 +194,7 @@ impl Metrics {
             .iter()
             .filter_map(|(p, m)| m.duration.as_ref().map(|h| (p, h)))
         {
-            let mut cumulative = 0;
-            for (i, le) in BUCKETS.iter().enumerate() {
-                cumulative += h.counts[i];
-                let _ = writeln!(
-                    out,
-                    "broker_upstream_duration_seconds_bucket{} {cumulative}",
-                    labels(&[("profile", profile), ("le", &le.to_string())])
-                );
-            }
-            let _ = writeln!(
-                out,
-                "broker_upstream_duration_seconds_bucket{} {}",
-                labels(&[("profile", profile), ("le", "+Inf")]),
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "broker_upstream_duration_seconds_sum{} {}",
-                labels(&[("profile", profile)]),
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "broker_upstream_duration_seconds_count{} {}",
-                labels(&[("profile", profile)]),
-                h.count
-            );
+            h.render(&mut out, profile);
         }
         out
     }

@@ -267,13 +267,6 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         idle_after: args.refresh_idle_after,
         refresher: refresh::Refresher::default(),
     });
-    let api = Router::new()
-        .route("/v1/token/{profile}", get(token))
-        .route("/v1/profiles", get(profiles))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_text))
-        .layer(axum::middleware::from_fn_with_state(daemon.clone(), stamp))
-        .with_state(daemon.clone());
     let tcp = match args.listen {
         Some(addr) => Some(listen_tcp(addr, dir).await?),
         None => None,
@@ -283,13 +276,32 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
             daemon.refresher.keep_fresh(name);
         }
     }
-
     let refresher = tokio::spawn(refresh::run(daemon.clone()));
-    let reload = {
-        let daemon = daemon.clone();
-        let cli_config = g.config.clone();
-        tokio::spawn(async move { reload_on_hup(daemon, cli_config).await })
-    };
+    let reload = tokio::spawn(reload_on_hup(daemon.clone(), g.config.clone()));
+    tracing::info!("listening on {}", socket.display());
+    let served = run_listeners(&daemon, args, listener, tcp).await;
+    reload.abort();
+    refresher.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped; removed {}", socket.display());
+    served
+}
+
+/// Serves the API on the Unix socket (uid-checked) and on the TCP listener if any (key-checked), each within the
+/// connection limits, until SIGTERM or SIGINT; then lets the requests in flight finish.
+async fn run_listeners(
+    daemon: &Arc<Daemon>,
+    args: &Args,
+    unix: UnixListener,
+    tcp: Option<(tokio::net::TcpListener, String)>,
+) -> Result<(), Error> {
+    let api = Router::new()
+        .route("/v1/token/{profile}", get(token))
+        .route("/v1/profiles", get(profiles))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), stamp))
+        .with_state(daemon.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = listen::Limits {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
@@ -308,23 +320,18 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         daemon.clone(),
         uid_guard,
     ));
-    tracing::info!("listening on {}", socket.display());
     let peer = |io: &tokio::net::UnixStream| {
         Some(Peer {
             uid: io.peer_cred().ok().map(|c| c.uid()),
         })
     };
-    let unix_server = tokio::spawn(listen::serve(listener, unix_app, limits, peer, stop_rx));
+    let unix_server = tokio::spawn(listen::serve(unix, unix_app, limits, peer, stop_rx));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let served = unix_server.await;
     if let Some(t) = tcp_server {
         let _ = t.await;
     }
-    reload.abort();
-    refresher.abort();
-    let _ = std::fs::remove_file(&socket);
-    tracing::info!("stopped; removed {}", socket.display());
     served.map_err(|e| Error::internal(format!("server task: {e}")))
 }
 

@@ -172,100 +172,127 @@ struct Next {
 
 /// One run of `profile`'s plan; `None` drops it (idle, or gone from the config).
 async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
-    let (last_used, mut stage, mut backoff, mut written) = {
+    let (last_used, stage, backoff, written) = {
         let s = daemon.refresher.lock();
         let plan = s.plans.get(profile)?;
         (plan.last_used, plan.stage, plan.backoff, plan.written)
     };
-    loop {
-        let loaded = daemon.loaded();
-        let settings = loaded.settings.get(profile)?;
-        if settings.sink.is_none() && last_used.elapsed() > daemon.idle_after {
-            tracing::debug!("profile `{profile}`: idle; background refresh stopped");
-            return None;
+    let loaded = daemon.loaded();
+    let settings = loaded.settings.get(profile)?;
+    if settings.sink.is_none() && last_used.elapsed() > daemon.idle_after {
+        tracing::debug!("profile `{profile}`: idle; background refresh stopped");
+        return None;
+    }
+    let plan = Next {
+        stage,
+        backoff,
+        written,
+        due: SystemTime::now(),
+    };
+    Some(match stage {
+        Stage::Current => current(daemon, &loaded, settings, profile, plan).await,
+        Stage::Ahead { obtained, expires } => {
+            match ahead(daemon, &loaded, profile, plan, obtained, expires).await {
+                Ok(next) => next,
+                // Refreshed: write the sink and schedule the next refresh at once.
+                Err(written) => {
+                    let plan = Next {
+                        stage: Stage::Current,
+                        backoff: FIRST_BACKOFF,
+                        written,
+                        due: SystemTime::now(),
+                    };
+                    current(daemon, &loaded, settings, profile, plan).await
+                }
+            }
         }
-        match stage {
-            Stage::Current => {
-                let current = match loaded.broker.token(profile, &TokenRequest::default()).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::warn!("background refresh of `{profile}`: {e}");
-                        daemon.metrics.refresh_failed(profile);
-                        let due = SystemTime::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        return Some(Next {
-                            stage,
-                            backoff,
-                            written,
-                            due,
-                        });
-                    }
-                };
-                if written != Some(current.obtained_at()) {
-                    if let Some(sink) = &settings.sink {
-                        match write_sink(sink, settings, &current) {
-                            Ok(()) => written = Some(current.obtained_at()),
-                            Err(e) => tracing::warn!("profile `{profile}`: {e}"),
-                        }
-                    }
-                }
-                let jitter = current.lifetime().mul_f64(0.1 * fastrand::f64());
-                return Some(Next {
-                    stage: Stage::Ahead {
-                        obtained: current.obtained_at(),
-                        expires: current.expires_at(),
-                    },
-                    backoff,
-                    written,
-                    due: current.expires_at() - current.margin(settings.min_ttl) - jitter,
-                });
+    })
+}
+
+/// [`Stage::Current`]: get the current token (fetching it if there is none), write the sink if it is new, and
+/// schedule the refresh ahead of its expiry; on failure, try again after the backoff.
+async fn current(
+    daemon: &Daemon,
+    loaded: &super::Loaded,
+    settings: &Served,
+    profile: &str,
+    mut plan: Next,
+) -> Next {
+    let current = match loaded.broker.token(profile, &TokenRequest::default()).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("background refresh of `{profile}`: {e}");
+            daemon.metrics.refresh_failed(profile);
+            plan.due = SystemTime::now() + plan.backoff;
+            plan.backoff = (plan.backoff * 2).min(MAX_BACKOFF);
+            return plan;
+        }
+    };
+    if plan.written != Some(current.obtained_at()) {
+        if let Some(sink) = &settings.sink {
+            match write_sink(sink, settings, &current) {
+                Ok(()) => plan.written = Some(current.obtained_at()),
+                Err(e) => tracing::warn!("profile `{profile}`: {e}"),
             }
-            Stage::Ahead { obtained, expires } => {
-                let ahead = TokenRequest {
-                    refresh_ahead: true,
-                    ..Default::default()
-                };
-                match loaded.broker.token(profile, &ahead).await {
-                    Ok(t) if t.obtained_at() > obtained => {
-                        // Refreshed: write the sink and schedule the next refresh at once.
-                        backoff = FIRST_BACKOFF;
-                        stage = Stage::Current;
-                    }
-                    Ok(t)
-                        if t.refresh_not_before()
-                            .is_some_and(|at| at > SystemTime::now()) =>
-                    {
-                        // The provider handed back the token it already gave (Auth0 caches its tokens): not a
-                        // failure. Ask again when the core's pause is over, or when the token expires if sooner.
-                        let due = t.refresh_not_before().map_or(expires, |at| at.min(expires));
-                        return Some(Next {
-                            stage,
-                            backoff: FIRST_BACKOFF,
-                            written,
-                            due,
-                        });
-                    }
-                    outcome => {
-                        // The broker served the old token (or none): the refresh failed.
-                        if let Err(e) = outcome {
-                            tracing::warn!("background refresh of `{profile}`: {e}");
-                        }
-                        daemon.metrics.refresh_failed(profile);
-                        let now = SystemTime::now();
-                        let left = expires
-                            .duration_since(now)
-                            .unwrap_or_default()
-                            .max(Duration::from_millis(100));
-                        let due = now + backoff.min(left);
-                        return Some(Next {
-                            stage: Stage::Current,
-                            backoff: (backoff * 2).min(MAX_BACKOFF),
-                            written,
-                            due,
-                        });
-                    }
-                }
+        }
+    }
+    let jitter = current.lifetime().mul_f64(0.1 * fastrand::f64());
+    Next {
+        stage: Stage::Ahead {
+            obtained: current.obtained_at(),
+            expires: current.expires_at(),
+        },
+        due: current.expires_at() - current.margin(settings.min_ttl) - jitter,
+        ..plan
+    }
+}
+
+/// [`Stage::Ahead`]: refresh the token obtained at `obtained` ahead of its expiry. `Err` (with the plan's
+/// `written`) when it was refreshed, so the caller goes on to [`Stage::Current`]; else the next plan.
+async fn ahead(
+    daemon: &Daemon,
+    loaded: &super::Loaded,
+    profile: &str,
+    plan: Next,
+    obtained: SystemTime,
+    expires: SystemTime,
+) -> Result<Next, Option<SystemTime>> {
+    let ahead = TokenRequest {
+        refresh_ahead: true,
+        ..Default::default()
+    };
+    match loaded.broker.token(profile, &ahead).await {
+        Ok(t) if t.obtained_at() > obtained => Err(plan.written),
+        Ok(t)
+            if t.refresh_not_before()
+                .is_some_and(|at| at > SystemTime::now()) =>
+        {
+            // The provider handed back the token it already gave (Auth0 caches its tokens): not a failure. Ask
+            // again when the core's pause is over, or when the token expires if sooner.
+            let due = t.refresh_not_before().map_or(expires, |at| at.min(expires));
+            Ok(Next {
+                backoff: FIRST_BACKOFF,
+                due,
+                ..plan
+            })
+        }
+        outcome => {
+            // The broker served the old token (or none): the refresh failed.
+            if let Err(e) = outcome {
+                tracing::warn!("background refresh of `{profile}`: {e}");
             }
+            daemon.metrics.refresh_failed(profile);
+            let now = SystemTime::now();
+            let left = expires
+                .duration_since(now)
+                .unwrap_or_default()
+                .max(Duration::from_millis(100));
+            Ok(Next {
+                stage: Stage::Current,
+                backoff: (plan.backoff * 2).min(MAX_BACKOFF),
+                due: now + plan.backoff.min(left),
+                written: plan.written,
+            })
         }
     }
 }

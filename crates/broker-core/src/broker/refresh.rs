@@ -70,7 +70,7 @@ pub(super) fn serve_previous(
     }
 }
 
-/// Full-jitter exponential backoff: uniform in `[0, min(8 s, 250 ms * 2^attempt)]`.
+/// Full-jitter exponential backoff (cut to what is left of the retry budget by the caller): uniform in `[0, min(8 s, 250 ms * 2^attempt)]`.
 pub(super) fn backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(250)
         .saturating_mul(1 << attempt.min(5))
@@ -346,11 +346,17 @@ impl Broker {
             };
             attempt += 1;
             let elapsed = self.clock.now().duration_since(started).unwrap_or_default();
-            let wait = match e.retry_at() {
-                Some(at) => at.duration_since(self.clock.now()).unwrap_or_default(),
-                None => backoff(attempt - 1),
+            // Our own backoff is cut to what is left of the budget, so a round uses all of it and ends with an
+            // attempt; a wait the provider named that does not fit ends the round now.
+            let left = budget.saturating_sub(elapsed);
+            let (wait, fits) = match e.retry_at() {
+                Some(at) => {
+                    let named = at.duration_since(self.clock.now()).unwrap_or_default();
+                    (named, named <= left)
+                }
+                None => (backoff(attempt - 1).min(left), !left.is_zero()),
             };
-            if elapsed.saturating_add(wait) > budget {
+            if !fits {
                 let mut msg = e.message().to_owned();
                 if e.retry_at().is_some() && !budget.is_zero() {
                     msg.push_str(&format!(

@@ -89,6 +89,46 @@ pub(super) fn val<T: Clone>(x: &Option<Box<Located<T>>>) -> Option<T> {
     x.as_ref().map(|l| l.value.clone())
 }
 
+/// The fields a kind needs to find its token endpoint are there.
+fn check_endpoint(kind: Kind, f: &Fields, missing: &dyn Fn(&str, &str) -> Error) -> Result<()> {
+    match kind {
+        Kind::Keycloak if f.token_url.is_none() => {
+            let hint = "keycloak needs `auth_server` and `realm` (or `token_url`)";
+            if f.auth_server.is_none() {
+                return Err(missing("auth_server", hint));
+            }
+            if f.realm.is_none() {
+                return Err(missing("realm", hint));
+            }
+            Ok(())
+        }
+        Kind::Auth0 if f.token_url.is_none() => {
+            Err(missing("token_url", "auth0 needs `token_url`"))
+        }
+        Kind::OAuth2 if f.token_url.is_none() && f.issuer.is_none() => {
+            Err(missing("token_url", "oauth2 needs `token_url` or `issuer`"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// No configured URL sends the secret in clear to another machine unless `allow_http` says so; returns it.
+fn check_urls(f: &Fields) -> Result<bool> {
+    let allow_http = val(&f.allow_http).unwrap_or(false);
+    for url in [&f.token_url, &f.issuer, &f.auth_server]
+        .into_iter()
+        .flatten()
+    {
+        if url.value.scheme() == "http" && !allow_http && !is_loopback(&url.value) {
+            return Err(url.origin.error(
+                "plain http:// to a non-loopback host would send the client secret unencrypted",
+                Some("use https://, or set `allow_http = true` if you really mean it".into()),
+            ));
+        }
+    }
+    Ok(allow_http)
+}
+
 pub(super) fn settle(
     name: &str,
     def: &ProfileDef,
@@ -108,41 +148,8 @@ pub(super) fn settle(
             "set `provider = \"...\"` or `kind = \"keycloak\" | \"auth0\" | \"oauth2\"`",
         )
     })?;
-    match kind {
-        Kind::Keycloak if f.token_url.is_none() => {
-            if f.auth_server.is_none() {
-                return Err(missing(
-                    "auth_server",
-                    "keycloak needs `auth_server` and `realm` (or `token_url`)",
-                ));
-            }
-            if f.realm.is_none() {
-                return Err(missing(
-                    "realm",
-                    "keycloak needs `auth_server` and `realm` (or `token_url`)",
-                ));
-            }
-        }
-        Kind::Auth0 if f.token_url.is_none() => {
-            return Err(missing("token_url", "auth0 needs `token_url`"))
-        }
-        Kind::OAuth2 if f.token_url.is_none() && f.issuer.is_none() => {
-            return Err(missing("token_url", "oauth2 needs `token_url` or `issuer`"))
-        }
-        _ => {}
-    }
-    let allow_http = val(&f.allow_http).unwrap_or(false);
-    for url in [&f.token_url, &f.issuer, &f.auth_server]
-        .into_iter()
-        .flatten()
-    {
-        if url.value.scheme() == "http" && !allow_http && !is_loopback(&url.value) {
-            return Err(url.origin.error(
-                "plain http:// to a non-loopback host would send the client secret unencrypted",
-                Some("use https://, or set `allow_http = true` if you really mean it".into()),
-            ));
-        }
-    }
+    check_endpoint(kind, &f, &missing)?;
+    let allow_http = check_urls(&f)?;
     let secret_positions = [&f.client_id, &f.client_secret]
         .map(|l| l.as_ref().map_or_else(String::new, |l| l.origin.position()));
     let client_id = val(&f.client_id).ok_or_else(|| {
