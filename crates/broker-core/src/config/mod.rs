@@ -31,7 +31,7 @@ mod vocab;
 
 #[allow(unused_imports)]
 use load::*;
-pub use resolve::*;
+pub(crate) use resolve::is_loopback;
 pub use settings::*;
 pub use source::*;
 pub use values::*;

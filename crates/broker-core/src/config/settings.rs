@@ -122,7 +122,7 @@ pub fn fill_header(template: &str, token: &str) -> String {
 }
 
 /// `{server}[/auth]/realms/{realm}/protocol/openid-connect/token`.
-pub fn keycloak_token_url(server: &Url, realm: &str, legacy: bool) -> String {
+pub(crate) fn keycloak_token_url(server: &Url, realm: &str, legacy: bool) -> String {
     let base = server.as_str().trim_end_matches('/');
     let realm: String = url::form_urlencoded::byte_serialize(realm.as_bytes()).collect();
     format!(
