@@ -478,4 +478,28 @@ mod tests {
         );
         assert!(!format!("{tok:?}").contains("s3cr3t"));
     }
+
+    /// Whether a type implements `Display`, found by method resolution: the inherent method of `Probe<T: Display>`
+    /// wins over the blanket trait method when it applies.
+    struct Probe<T>(std::marker::PhantomData<T>);
+    trait NotDisplay {
+        fn is_display(&self) -> bool {
+            false
+        }
+    }
+    impl<T> NotDisplay for Probe<T> {}
+    impl<T: std::fmt::Display> Probe<T> {
+        fn is_display(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn no_type_that_holds_a_secret_implements_display() {
+        assert!(Probe::<String>(std::marker::PhantomData).is_display(), "the probe works");
+        assert!(!Probe::<AccessToken>(std::marker::PhantomData).is_display());
+        assert!(!Probe::<SecretString>(std::marker::PhantomData).is_display());
+        assert!(!Probe::<crate::secret::SecretSource>(std::marker::PhantomData).is_display());
+        assert!(!Probe::<TokenResponse>(std::marker::PhantomData).is_display());
+    }
 }

@@ -441,3 +441,17 @@ impl Broker {
         self.disk.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A warm `token()` must not create or move the refresh state machine (docs/ARCHITECTURE.md, broker/).
+    #[test]
+    fn a_token_call_does_not_carry_the_refresh_state_machine() {
+        let broker = Broker::builder().build();
+        let req = TokenRequest::default();
+        let call = broker.token("p", &req);
+        assert!(std::mem::size_of_val(&call) <= 64, "{} bytes", std::mem::size_of_val(&call));
+    }
+}
