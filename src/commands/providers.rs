@@ -14,35 +14,30 @@ pub fn run(g: &Globals) -> CmdResult {
         "DESCRIPTION".into(),
     ]];
     for p in config.providers() {
-        let default = p.default_environment.as_ref().map(|d| d.value.as_str());
+        let default = p.default_environment();
         let envs: Vec<String> = p
-            .environments
-            .iter()
-            .map(|(n, e)| {
-                let mut s = n.clone();
-                if Some(n.as_str()) == default {
+            .environments()
+            .map(|(n, aliases)| {
+                let mut s = n.to_owned();
+                if Some(n) == default {
                     s.push('*');
                 }
-                if !e.aliases.is_empty() {
-                    s.push_str(&format!(" ({})", e.aliases.join(", ")));
+                if !aliases.is_empty() {
+                    s.push_str(&format!(" ({})", aliases.join(", ")));
                 }
                 s
             })
             .collect();
         rows.push(vec![
-            p.name.clone(),
-            p.fields
-                .kind
-                .as_ref()
-                .map_or("-", |k| k.value.as_str())
-                .to_owned(),
+            p.name().to_owned(),
+            p.kind().map_or("-", |k| k.as_str()).to_owned(),
             if envs.is_empty() {
                 "-".into()
             } else {
                 envs.join(", ")
             },
-            p.source.clone(),
-            p.description.clone().unwrap_or_default(),
+            p.source().to_owned(),
+            p.description().unwrap_or_default().to_owned(),
         ]);
     }
     output::print_stdout(&output::table(&rows))?;

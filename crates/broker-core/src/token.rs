@@ -496,7 +496,10 @@ mod tests {
 
     #[test]
     fn no_type_that_holds_a_secret_implements_display() {
-        assert!(Probe::<String>(std::marker::PhantomData).is_display(), "the probe works");
+        assert!(
+            Probe::<String>(std::marker::PhantomData).is_display(),
+            "the probe works"
+        );
         assert!(!Probe::<AccessToken>(std::marker::PhantomData).is_display());
         assert!(!Probe::<SecretString>(std::marker::PhantomData).is_display());
         assert!(!Probe::<crate::secret::SecretSource>(std::marker::PhantomData).is_display());

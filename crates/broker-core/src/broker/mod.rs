@@ -452,6 +452,10 @@ mod tests {
         let broker = Broker::builder().build();
         let req = TokenRequest::default();
         let call = broker.token("p", &req);
-        assert!(std::mem::size_of_val(&call) <= 64, "{} bytes", std::mem::size_of_val(&call));
+        assert!(
+            std::mem::size_of_val(&call) <= 64,
+            "{} bytes",
+            std::mem::size_of_val(&call)
+        );
     }
 }

@@ -33,13 +33,13 @@ mod vocab;
 use load::*;
 pub(crate) use resolve::is_loopback;
 pub use settings::*;
-pub use source::*;
+use source::*;
 pub use values::*;
 pub use vocab::*;
 
 /// One environment of a provider.
 #[derive(Debug, Clone)]
-pub struct EnvironmentDef {
+pub(crate) struct EnvironmentDef {
     /// Other names that select it (`sandbox` for `staging`).
     pub aliases: Vec<String>,
     /// Its settings.
@@ -49,23 +49,46 @@ pub struct EnvironmentDef {
 /// A provider definition: a built-in `providers/*.toml` or a user's file.
 #[derive(Debug, Clone)]
 pub struct ProviderDef {
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) source: String,
+    pub(crate) fields: Fields,
+    pub(crate) default_environment: Option<Located<String>>,
+    pub(crate) environments: BTreeMap<String, EnvironmentDef>,
+}
+
+impl ProviderDef {
     /// The name (the file's stem).
-    pub name: String,
+    pub fn name(&self) -> &str {
+        &self.name
+    }
     /// One line for `broker providers`.
-    pub description: Option<String>,
-    /// Where it was read from.
-    pub source: String,
-    /// Top-level settings.
-    pub fields: Fields,
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+    /// Where it was read from (`<built-in>/name.toml` for a built-in).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    /// The wire kind its top level sets, if it sets one.
+    pub fn kind(&self) -> Option<Kind> {
+        self.fields.kind.as_ref().map(|k| k.value)
+    }
     /// The environment used when a profile names none.
-    pub default_environment: Option<Located<String>>,
-    /// Environments by name.
-    pub environments: BTreeMap<String, EnvironmentDef>,
+    pub fn default_environment(&self) -> Option<&str> {
+        self.default_environment.as_ref().map(|d| d.value.as_str())
+    }
+    /// The environments' names, each with its aliases.
+    pub fn environments(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.environments
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.aliases.as_slice()))
+    }
 }
 
 impl ProviderDef {
     /// The environment `name` or one of its aliases, as `(canonical name, definition)`.
-    pub fn environment(&self, name: &str) -> Option<(&str, &EnvironmentDef)> {
+    pub(crate) fn environment(&self, name: &str) -> Option<(&str, &EnvironmentDef)> {
         self.environments
             .iter()
             .find(|(n, e)| *n == name || e.aliases.iter().any(|a| a == name))
@@ -75,7 +98,7 @@ impl ProviderDef {
 
 /// A `[profiles.<name>]` table.
 #[derive(Debug, Clone)]
-pub struct ProfileDef {
+pub(crate) struct ProfileDef {
     /// The profile's name.
     pub name: String,
     /// Where the table starts.

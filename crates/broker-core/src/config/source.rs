@@ -5,7 +5,7 @@ use super::*;
 
 /// A loaded text file, kept to point at positions in it.
 #[derive(Debug)]
-pub struct SourceFile {
+pub(crate) struct SourceFile {
     /// The path as shown to the user (built-ins show as `<built-in>/name.toml`).
     pub name: String,
     /// The file's contents.
@@ -128,7 +128,7 @@ pub(super) fn redact_line(line: &str, mut col: usize, mut width: usize) -> (Stri
 
 /// Where a value was written: a file and a span, or the command line.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub(super) file: Option<Arc<SourceFile>>,
     pub(super) span: Range<usize>,
 }
@@ -170,7 +170,7 @@ impl Origin {
 
 /// A value and where it was written.
 #[derive(Debug, Clone)]
-pub struct Located<T> {
+pub(crate) struct Located<T> {
     /// The value.
     pub value: T,
     /// Where it came from.

@@ -92,7 +92,7 @@ macro_rules! fields {
         /// boxed: a table sets a handful of some thirty fields, and a 10,000-profile config then weighs a few
         /// hundred bytes a profile instead of kilobytes.
         #[derive(Debug, Clone, Default)]
-        pub struct Fields {
+        pub(crate) struct Fields {
             $( $(#[$doc])* pub $name: Option<Box<Located<$ty>>>, )*
         }
 
