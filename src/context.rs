@@ -76,7 +76,7 @@ pub fn settings_and_token(
     let config = load(g)?;
     let mut settings = config.resolve(profile, overrides)?;
     if no_cache {
-        settings.cache = broker_core::config::CacheMode::None;
+        settings = settings.with_cache(broker_core::config::CacheMode::None);
     }
     let broker = broker_for(settings.clone());
     let token = get_token(&broker, profile, req)?;
@@ -115,7 +115,7 @@ pub fn get_token(
 /// Removes from `cmd`'s environment the variables that hold this profile's credentials (`{ env = "..." }`
 /// sources), except those named in `keep`: a program given a token has no business with the secret that got it.
 pub fn scrub_credentials(cmd: &mut std::process::Command, settings: &Settings, keep: &[String]) {
-    for source in [&settings.client_id, &settings.client_secret] {
+    for source in [settings.client_id(), settings.client_secret()] {
         if let broker_core::secret::SecretSource::Env(name) = source {
             if !keep.contains(name) {
                 cmd.env_remove(name);

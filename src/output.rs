@@ -40,9 +40,9 @@ pub struct Shown {
 impl From<&Settings> for Shown {
     fn from(s: &Settings) -> Self {
         Shown {
-            profile: s.profile.clone(),
-            header: s.header.clone(),
-            token_env: s.token_env.clone(),
+            profile: s.profile().to_owned(),
+            header: s.header().to_owned(),
+            token_env: s.token_env().map(str::to_owned),
         }
     }
 }

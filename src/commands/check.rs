@@ -43,12 +43,12 @@ pub fn run(g: &Globals) -> CmdResult {
 /// Env and file sources must be readable now; commands are not run (they may prompt or cost).
 fn check_secrets(s: &Settings) -> Result<(), Error> {
     for (field, src) in [
-        ("client_id", &s.client_id),
-        ("client_secret", &s.client_secret),
+        ("client_id", s.client_id()),
+        ("client_secret", s.client_secret()),
     ] {
         if matches!(src, SecretSource::Env(_) | SecretSource::File(_)) {
             src.resolve()
-                .map_err(|e| e.context(format!("profile `{}`: {field}", s.profile)))?;
+                .map_err(|e| e.context(format!("profile `{}`: {field}", s.profile())))?;
         }
     }
     Ok(())

@@ -52,7 +52,7 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
         &TokenRequest::default(),
         false,
     )?;
-    let url = join_url(settings.api.as_ref(), &args.url, &args.profile)?;
+    let url = join_url(settings.api(), &args.url, &args.profile)?;
     let io = |e: std::io::Error| Error::internal(format!("cannot pass the header to curl: {e}"));
     let (reader, mut writer) = std::io::pipe().map_err(io)?;
     writer

@@ -113,7 +113,7 @@ async fn demo() -> Result<(), Error> {
             last = Some(token);
         }
         let Some(token) = last else { continue };
-        show(&settings.header, &token);
+        show(settings.header(), &token);
         println!();
     }
     println!(

@@ -41,7 +41,11 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
     cmd.args(rest);
     context::scrub_credentials(&mut cmd, &settings, &args.keep_env);
     cmd.env("BROKER_TOKEN", raw);
-    for name in settings.token_env.iter().chain(&args.env) {
+    for name in settings
+        .token_env()
+        .into_iter()
+        .chain(args.env.iter().map(String::as_str))
+    {
         cmd.env(name, raw);
     }
     // exec(2): signals and the exit status are the command's own. It only returns on failure.

@@ -41,13 +41,13 @@ fn read_request(input: impl BufRead) -> Vec<(String, String)> {
 
 /// Whether the request's protocol and host are ones this profile answers for.
 pub fn matches(settings: &Settings, protocol: &str, host: &str) -> bool {
-    let Some(api) = &settings.api else {
+    let Some(api) = settings.api() else {
         return false;
     };
-    if !settings.git_hosts.is_empty() {
+    if !settings.git_hosts().is_empty() {
         return protocol == "https"
             && settings
-                .git_hosts
+                .git_hosts()
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(host));
     }

@@ -69,9 +69,9 @@ pub fn run(g: &Globals) -> CmdResult {
     for name in config.profile_names() {
         let (provider, env) = match config.resolve(name, &Default::default()) {
             Ok(s) => (
-                s.provider
-                    .unwrap_or_else(|| format!("({})", s.kind.as_str())),
-                s.environment.unwrap_or_else(|| "-".into()),
+                s.provider()
+                    .map_or_else(|| format!("({})", s.kind().as_str()), str::to_owned),
+                s.environment().unwrap_or("-").to_owned(),
             ),
             Err(_) => ("?".into(), "?".into()),
         };

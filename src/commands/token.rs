@@ -61,7 +61,7 @@ fn token(g: &Globals, args: &Args) -> Result<(), Error> {
     let config = context::load(g)?;
     let mut settings = config.resolve(&args.profile, &overrides)?;
     let now = SystemTime::now();
-    let min_ttl = args.min_ttl.unwrap_or(settings.min_ttl);
+    let min_ttl = args.min_ttl.unwrap_or(settings.min_ttl());
     // The daemon serves what its API can express; anything else is done here.
     let via_daemon = !args.no_daemon
         && !args.no_cache
@@ -89,7 +89,7 @@ fn token(g: &Globals, args: &Args) -> Result<(), Error> {
         }
     }
     if args.no_cache {
-        settings.cache = CacheMode::None;
+        settings = settings.with_cache(CacheMode::None);
     }
     let req = TokenRequest {
         min_ttl: args.min_ttl,

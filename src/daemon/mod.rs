@@ -99,10 +99,10 @@ impl From<&Settings> for Served {
     fn from(s: &Settings) -> Self {
         Served {
             shown: output::Shown::from(s),
-            min_ttl: s.min_ttl,
-            sink: s.sink.clone(),
-            provider: s.provider.clone(),
-            environment: s.environment.clone(),
+            min_ttl: s.min_ttl(),
+            sink: s.sink().cloned(),
+            provider: s.provider().map(str::to_owned),
+            environment: s.environment().map(str::to_owned),
         }
     }
 }

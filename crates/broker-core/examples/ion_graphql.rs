@@ -21,8 +21,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(&LoadOptions::user_default())?;
     let settings = config.resolve(&profile, &Default::default())?;
     let api = settings
-        .api
-        .clone()
+        .api()
+        .cloned()
         .ok_or("the profile has no `api` endpoint")?;
     let mut builder = Broker::builder().settings(settings);
     if let Some(dir) = paths::cache_dir() {

@@ -293,8 +293,8 @@ impl Config {
     ///
     /// let config = Config::parse("[profiles.ion-prod]\nprovider = \"ion\"\nclient_id = \"id\"\nclient_secret = \"s\"\n")?;
     /// let settings = config.resolve("ion-prod", &Default::default())?;
-    /// assert_eq!(settings.header, "Authorization: {token}"); // ION takes the raw token
-    /// assert_eq!(settings.environment.as_deref(), Some("production"));
+    /// assert_eq!(settings.header(), "Authorization: {token}"); // ION takes the raw token
+    /// assert_eq!(settings.environment(), Some("production"));
     /// # Ok::<(), broker_core::Error>(())
     /// ```
     pub fn parse(text: &str) -> Result<Config> {

@@ -149,75 +149,198 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Profile name.
-    pub profile: String,
+    pub(crate) profile: String,
     /// Provider definition name, if the profile uses one.
-    pub provider: Option<String>,
+    pub(crate) provider: Option<String>,
     /// Canonical environment name, if any.
-    pub environment: Option<String>,
+    pub(crate) environment: Option<String>,
     /// Wire kind.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Keycloak server base.
-    pub auth_server: Option<Url>,
+    pub(crate) auth_server: Option<Url>,
     /// Keycloak realm.
-    pub realm: Option<String>,
+    pub(crate) realm: Option<String>,
     /// Keycloak `/auth` layout.
-    pub legacy_path: bool,
+    pub(crate) legacy_path: bool,
     /// Explicit token endpoint.
-    pub token_url: Option<Url>,
+    pub(crate) token_url: Option<Url>,
     /// Issuer for discovery.
-    pub issuer: Option<Url>,
+    pub(crate) issuer: Option<Url>,
     /// API endpoint.
-    pub api: Option<Url>,
+    pub(crate) api: Option<Url>,
     /// Web app.
-    pub app: Option<Url>,
+    pub(crate) app: Option<Url>,
     /// Client id source.
-    pub client_id: SecretSource,
+    pub(crate) client_id: SecretSource,
     /// Client secret source.
-    pub client_secret: SecretSource,
+    pub(crate) client_secret: SecretSource,
     /// Where `client_id` and `client_secret` were set (`file:line:col`), for errors of their sources.
-    pub secret_positions: [String; 2],
+    pub(crate) secret_positions: [String; 2],
     /// Client authentication.
-    pub auth: AuthMethod,
+    pub(crate) auth: AuthMethod,
     /// Body encoding.
-    pub body: BodyFormat,
+    pub(crate) body: BodyFormat,
     /// `audience`.
-    pub audience: Option<String>,
+    pub(crate) audience: Option<String>,
     /// `scope`.
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     /// `resource`.
-    pub resource: Option<String>,
+    pub(crate) resource: Option<String>,
     /// Extra parameters.
-    pub params: BTreeMap<String, String>,
+    pub(crate) params: BTreeMap<String, String>,
     /// Header template.
-    pub header: String,
+    pub(crate) header: String,
     /// `broker exec` variable.
-    pub token_env: Option<String>,
+    pub(crate) token_env: Option<String>,
     /// Default 60 s.
-    pub min_ttl: Duration,
+    pub(crate) min_ttl: Duration,
     /// Default 300 s.
-    pub default_ttl: Duration,
+    pub(crate) default_ttl: Duration,
     /// Default 24 h.
-    pub max_ttl: Duration,
+    pub(crate) max_ttl: Duration,
     /// Default disk.
-    pub cache: CacheMode,
+    pub(crate) cache: CacheMode,
     /// Default 15 s.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Default 5 s.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Default 30 s.
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// Default 30 s: after a rejection the provider is not asked again for this long.
-    pub cooldown: Duration,
+    pub(crate) cooldown: Duration,
     /// Default 1 h: the longest cool-down, whatever a provider's `Retry-After` asks.
-    pub max_cooldown: Duration,
+    pub(crate) max_cooldown: Duration,
     /// Extra PEM roots.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Permit plain HTTP to a non-loopback host.
-    pub allow_http: bool,
+    pub(crate) allow_http: bool,
     /// Hosts `broker git-credential` answers for; empty means the `api` host.
-    pub git_hosts: Vec<String>,
+    pub(crate) git_hosts: Vec<String>,
     /// A token file the daemon keeps fresh.
-    pub sink: Option<Sink>,
+    pub(crate) sink: Option<Sink>,
+}
+
+impl Settings {
+    /// Profile name.
+    pub fn profile(&self) -> &str {
+        &self.profile
+    }
+
+    /// Provider definition name, if the profile uses one.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
+    /// Canonical environment name, if any.
+    pub fn environment(&self) -> Option<&str> {
+        self.environment.as_deref()
+    }
+
+    /// Wire kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// API endpoint.
+    pub fn api(&self) -> Option<&Url> {
+        self.api.as_ref()
+    }
+
+    /// Web app.
+    pub fn app(&self) -> Option<&Url> {
+        self.app.as_ref()
+    }
+
+    /// Client id source.
+    pub fn client_id(&self) -> &SecretSource {
+        &self.client_id
+    }
+
+    /// Client secret source.
+    pub fn client_secret(&self) -> &SecretSource {
+        &self.client_secret
+    }
+
+    /// Header template.
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// `broker exec` variable.
+    pub fn token_env(&self) -> Option<&str> {
+        self.token_env.as_deref()
+    }
+
+    /// Default 60 s.
+    pub fn min_ttl(&self) -> Duration {
+        self.min_ttl
+    }
+
+    /// Default disk.
+    pub fn cache(&self) -> CacheMode {
+        self.cache
+    }
+
+    /// Hosts `broker git-credential` answers for; empty means the `api` host.
+    pub fn git_hosts(&self) -> &[String] {
+        &self.git_hosts
+    }
+
+    /// A token file the daemon keeps fresh.
+    pub fn sink(&self) -> Option<&Sink> {
+        self.sink.as_ref()
+    }
+
+    /// Client authentication.
+    pub fn auth(&self) -> AuthMethod {
+        self.auth
+    }
+
+    /// Body encoding.
+    pub fn body(&self) -> BodyFormat {
+        self.body
+    }
+
+    /// Default 30 s.
+    pub fn retry(&self) -> Duration {
+        self.retry
+    }
+
+    /// Default 15 s.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Default 30 s: after a rejection the provider is not asked again for this long.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    /// Default 1 h: the longest cool-down, whatever a provider's `Retry-After` asks.
+    pub fn max_cooldown(&self) -> Duration {
+        self.max_cooldown
+    }
+
+    /// Default 300 s.
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl
+    }
+
+    /// Default 24 h.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// Default 5 s.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// These settings with `cache` set to `mode` (`broker token --no-cache` uses `CacheMode::None`).
+    pub fn with_cache(mut self, mode: CacheMode) -> Self {
+        self.cache = mode;
+        self
+    }
 }
 
 /// Default `min_ttl`.
