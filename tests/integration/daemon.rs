@@ -106,6 +106,23 @@ fn poll(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A GET on the daemon's loopback TCP port, with the key if given: status, `Broker-Config`, body. `None` when
+/// nothing accepts the connection.
+fn tcp_get(port: u16, path: &str, key: Option<&str>) -> Option<(u16, String, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: broker\r\n{auth}Connection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    Some(parse_response(&raw))
+}
+
 /// The value of the first metric line starting with `prefix`, 0 when absent.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -553,10 +570,7 @@ fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
     let idp = auth0("300", None);
     let home = Home::new();
     chili_profile(&home, &idp.base());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
     let key_path = home.path().join("run/broker/daemon.key");
     let mode = std::fs::metadata(&key_path)
@@ -564,19 +578,7 @@ fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
         .unwrap_or(0);
     assert_eq!(mode, 0o600);
     let key = std::fs::read_to_string(&key_path).unwrap_or_default();
-    let tcp_get = |auth: Option<&str>| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let auth = auth
-            .map(|k| format!("Authorization: Bearer {k}\r\n"))
-            .unwrap_or_default();
-        let _ = write!(
-            s,
-            "GET /v1/token/chili HTTP/1.1\r\nHost: broker\r\n{auth}Connection: close\r\n\r\n"
-        );
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        parse_response(&raw)
-    };
+    let tcp_get = |auth| tcp_get(port, "/v1/token/chili", auth).unwrap_or_default();
     assert_eq!(tcp_get(None).0, 401);
     assert_eq!(tcp_get(Some("not-the-key")).0, 401);
     let (status, _, body) = tcp_get(Some(key.trim()));
@@ -658,10 +660,7 @@ fn a_flood_of_idle_and_half_sent_tcp_connections_is_bounded_and_closed() {
     let idp = auth0("300", None);
     let home = Home::new();
     chili_profile(&home, &idp.base());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let d = Daemon::start_with(
         &home,
@@ -714,18 +713,8 @@ fn a_flood_of_idle_and_half_sent_tcp_connections_is_bounded_and_closed() {
     let key =
         std::fs::read_to_string(home.path().join("run/broker/daemon.key")).unwrap_or_default();
     poll("the TCP port to answer again", || {
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = write!(
-            s,
-            "GET /healthz HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            key.trim()
-        );
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        parse_response(&raw).0 == 200
+        tcp_get(addr.port(), "/healthz", Some(key.trim()))
+            .is_some_and(|(status, _, _)| status == 200)
     });
 }
 
@@ -734,10 +723,7 @@ fn a_connection_that_fails_the_key_check_is_closed_after_the_answer() {
     let idp = auth0("300", None);
     let home = Home::new();
     chili_profile(&home, &idp.base());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));

@@ -46,11 +46,7 @@ fn attempts(message: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembered() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
+    let server = token_endpoint(ResponseTemplate::new(503)).await;
     let config = Config::parse(&format!(
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\nretry = \"30s\"\n",
         server.uri()
@@ -134,16 +130,9 @@ async fn a_hundred_callers_share_one_retry_round_and_the_next_attempt_is_remembe
     assert_eq!(t.secret().expose_secret(), "back");
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 #[test]
 fn the_status_line_shows_in_a_terminal_and_never_in_a_pipe() {
-    let port = closed_port();
+    let port = free_port();
     // A literal secret in a file others can read also makes a warning: it must carry no colour in a pipe.
     let new_home = || {
         let home = Home::new();
@@ -181,14 +170,11 @@ fn the_status_line_shows_in_a_terminal_and_never_in_a_pipe() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_min_ttl_asked_per_call_is_honoured_whole() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(Counting {
-            n: AtomicUsize::new(0),
-            expires_in: 100,
-        })
-        .mount(&server)
-        .await;
+    let server = token_endpoint(Counting {
+        n: AtomicUsize::new(0),
+        expires_in: 100,
+    })
+    .await;
     let home = Home::new();
     home.config(&format!(
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n",
@@ -206,11 +192,7 @@ async fn a_min_ttl_asked_per_call_is_honoured_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejection_says_where_the_credentials_came_from_and_list_shows_the_cool_down() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401))
-        .mount(&server)
-        .await;
+    let server = token_endpoint(ResponseTemplate::new(401)).await;
     let home = Home::new();
     home.config(&format!(
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = {{ env = \"P_SECRET\" }}\n",
@@ -250,15 +232,12 @@ async fn a_rejection_says_where_the_credentials_came_from_and_list_shows_the_coo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cache_clear_during_a_fetch_never_lets_a_second_fetch_start() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "only-one", "expires_in": 300}))
-                .set_delay(Duration::from_secs(2)),
-        )
-        .mount(&server)
-        .await;
+    let server = token_endpoint(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": "only-one", "expires_in": 300}))
+            .set_delay(Duration::from_secs(2)),
+    )
+    .await;
     let home = Home::new();
     home.config(&format!(
         "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n",

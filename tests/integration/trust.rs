@@ -35,14 +35,10 @@ fn chown(path: &Path, uid: u32) {
 }
 
 async fn idp(token: &str) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": token, "expires_in": 300})),
-        )
-        .mount(&server)
-        .await;
+    let server = token_endpoint(
+        ResponseTemplate::new(200).set_body_json(json!({"access_token": token, "expires_in": 300})),
+    )
+    .await;
     server
 }
 
@@ -377,14 +373,11 @@ async fn provider_text_is_escaped_cut_and_never_shows_the_secret() {
         "you sent {SECRET} or {form} or Basic {basic}; \u{1b}]0;pwned\u{7}\u{1b}[31m red {}",
         "x".repeat(2000)
     );
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .set_body_json(json!({"error": "invalid_client", "error_description": echo})),
-        )
-        .mount(&server)
-        .await;
+    let server = token_endpoint(
+        ResponseTemplate::new(401)
+            .set_body_json(json!({"error": "invalid_client", "error_description": echo})),
+    )
+    .await;
     let home = Home::new();
     profile(&home, &format!("{}/token", server.uri()), "");
     let first = home.run(["token", "p"]);

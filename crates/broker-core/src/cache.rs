@@ -179,24 +179,20 @@ fn at_flags() -> OFlags {
     OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// Why an open cache file may not be trusted (docs/security.md, "cache trust"), or `None` when it may: a
-/// regular file owned by the effective user and not writable by group or others.
-fn untrusted(file: &File) -> Option<String> {
-    let st = match rustix::fs::fstat(file) {
-        Ok(st) => st,
-        Err(e) => return Some(format!("cannot stat it: {e}")),
-    };
+/// Checks an open cache file (docs/security.md, "cache trust"): `Ok` with its size when it may be trusted, a
+/// regular file owned by the effective user and not writable by group or others; else why not.
+fn trusted(file: &File) -> Result<u64, String> {
+    let st = rustix::fs::fstat(file).map_err(|e| format!("cannot stat it: {e}"))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Some("not a regular file".into());
+        return Err("not a regular file".into());
     }
-    let me = rustix::process::geteuid().as_raw();
-    if st.st_uid != me {
-        return Some(format!("owned by uid {}, not by us", st.st_uid));
+    if st.st_uid != crate::paths::euid() {
+        return Err(format!("owned by uid {}, not by us", st.st_uid));
     }
     if st.st_mode & 0o022 != 0 {
-        return Some("writable by group or others".into());
+        return Err("writable by group or others".into());
     }
-    None
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
 impl DiskCache {
@@ -223,31 +219,36 @@ impl DiskCache {
     /// Reads the entry of `key`. A missing entry is `Ok(None)`; a corrupt, unknown-version or untrusted one
     /// (a symlink, another user's file, a file others can write) is `Ok(None)` with a warning, and the next write
     /// replaces it. A cache directory that is not a directory of ours is an error: nothing in it is trusted.
+    ///
+    /// The warm path costs one `fstat` over a plain read: an entry that is a regular file of ours, which others
+    /// cannot write, was written by us, and we only ever write into a directory checked on its descriptor
+    /// ([`crate::paths::open_private_dir`]). The directory itself is looked at ([`check_private_dir`]) only when
+    /// there is no usable entry, to say why: a planted or foreign directory is then an error naming it.
     pub fn read(&self, key: &CacheKey) -> Result<Option<Entry>> {
-        if !check_private_dir(&self.dir)? {
-            return Ok(None);
-        }
         let path = self.dir.join(Self::entry_name(key));
         let shown = || path.display().to_string();
-        let file = match rustix::fs::open(&path, OFlags::RDONLY | at_flags(), Mode::empty()) {
-            Ok(fd) => File::from(fd),
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => {
-                tracing::warn!(
-                    "ignoring cache entry {} ({e}); it will be replaced",
-                    shown()
-                );
-                return Ok(None);
-            }
-        };
-        if let Some(why) = untrusted(&file) {
+        let unusable = |why: &dyn std::fmt::Display| -> Result<Option<Entry>> {
+            check_private_dir(&self.dir)?;
             tracing::warn!(
                 "ignoring cache entry {} ({why}); it will be replaced",
                 shown()
             );
-            return Ok(None);
-        }
-        let mut bytes = Vec::with_capacity(2048);
+            Ok(None)
+        };
+        let file = match rustix::fs::open(&path, OFlags::RDONLY | at_flags(), Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
+                check_private_dir(&self.dir)?;
+                return Ok(None);
+            }
+            Err(e) => return unusable(&e),
+        };
+        let size = match trusted(&file) {
+            Ok(size) if size <= BODY_LIMIT => size,
+            Ok(size) => return unusable(&format_args!("{size} bytes, too large")),
+            Err(why) => return unusable(&why),
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
         if let Err(e) = (&file).take(BODY_LIMIT).read_to_end(&mut bytes) {
             tracing::warn!("cannot read cache entry {}: {e}", shown());
             return Ok(None);
@@ -277,7 +278,7 @@ impl DiskCache {
         )
         .map(File::from)
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))?;
-        if let Some(why) = untrusted(&file) {
+        if let Err(why) = trusted(&file) {
             return Err(Error::internal(format!(
                 "refusing to lock {} ({why}): remove it",
                 path.display()

@@ -51,6 +51,12 @@ pub fn runtime_dir() -> Option<PathBuf> {
     }
 }
 
+/// The effective uid, read once: ownership checks are on the warm path, and it does not change in a broker.
+pub(crate) fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
 /// Creates `dir` (and parents) if missing and makes sure it is ours and mode 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     open_private_dir(dir, true).map(drop)
@@ -81,7 +87,7 @@ pub fn open_private_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>> {
     };
     let st = rustix::fs::fstat(&fd)
         .map_err(|e| Error::internal(format!("cannot read {}: {e}", dir.display())))?;
-    let me = rustix::process::geteuid().as_raw();
+    let me = euid();
     if st.st_uid != me {
         return Err(foreign(dir, st.st_uid, me));
     }
@@ -112,7 +118,7 @@ pub fn check_private_dir(dir: &Path) -> Result<bool> {
     if !meta.is_dir() {
         return Err(dir_error(dir, rustix::io::Errno::NOTDIR));
     }
-    let me = rustix::process::geteuid().as_raw();
+    let me = euid();
     if meta.uid() != me {
         return Err(foreign(dir, meta.uid(), me));
     }

@@ -187,7 +187,7 @@ pub(super) fn read_file(path: &Path) -> Result<String> {
     let meta = file
         .metadata()
         .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-    let me = rustix::process::geteuid().as_raw();
+    let me = crate::paths::euid();
     let shown = path.display();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(Error::config(format!(
