@@ -214,6 +214,23 @@ async fn an_endpoint_remembered_in_the_cache_gets_no_secret_unless_the_config_le
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_configured_token_url_remembered_in_the_cache_is_used_without_a_word() {
+    let server = idp("tok").await;
+    let home = Home::new();
+    profile(&home, &format!("{}/token", server.uri()), "");
+    home.run(["token", "p"]).success();
+    // The entry now remembers the endpoint it used: the configured one, which a refresh uses quietly.
+    let r = home.run(["token", "p", "--force-refresh"]);
+    r.success();
+    assert!(
+        !r.stderr.contains("ignoring the token endpoint"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(requests(&server).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_discovery_document_naming_plain_http_elsewhere_gets_no_secret() {
     let issuer = MockServer::start().await;
     Mock::given(method("GET"))

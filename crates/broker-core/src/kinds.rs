@@ -214,10 +214,18 @@ impl HttpProvider {
         if let Some(e) = self.learned() {
             return Ok(e);
         }
-        // `token_url` wins; then what an earlier process learned (kept in the cache entry).
+        // `token_url` wins; then what an earlier process learned (kept in the cache entry), if this configuration
+        // leads there.
+        if let TokenEndpoint::Url(u) = &self.endpoint {
+            return Ok(u.clone());
+        }
         let hint = cx.endpoint_hint.filter(|h| {
             let ok = self.trusted_hint(h);
-            if !ok {
+            let cross_origin_discovery = matches!(self.endpoint, TokenEndpoint::Discover(_))
+                && url::Url::parse(h).is_ok_and(|u| self.secure_enough(&u));
+            if !ok && cross_origin_discovery {
+                tracing::debug!("{}: discovering the token endpoint again", self.label);
+            } else if !ok {
                 tracing::warn!(
                     "{}: ignoring the token endpoint remembered in the cache ({}): the configuration does not lead \
                      there",
