@@ -272,3 +272,54 @@ async fn cache_clear_during_a_fetch_never_lets_a_second_fetch_start() {
     }
     assert_eq!(requests(&server).await, 1, "a second fetch started");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_queued_behind_a_lock_wait_that_timed_out_share_it() {
+    let server = token_endpoint(
+        ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 300})),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The cross-process lock is waited for at most retry + timeout + connect_timeout: 2 s here.
+    let config = Config::parse(&format!(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\nretry = \"0s\"\ntimeout = \"1s\"\nconnect_timeout = \"1s\"\n",
+        server.uri()
+    ))
+    .unwrap();
+    let broker = Arc::new(
+        Broker::builder()
+            .config(&config, &Default::default())
+            .disk_cache(dir.path())
+            .build(),
+    );
+    broker.token("p", &TokenRequest::default()).await.unwrap();
+    // Another process holds the key's lock and never lets go.
+    let lock_path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "lock"))
+        .expect("a lock file");
+    let held = std::fs::File::open(&lock_path).unwrap();
+    held.lock().unwrap();
+    let forced = TokenRequest {
+        force_refresh: true,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let calls = (0..5).map(|_| {
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.token("p", &forced).await })
+    });
+    for r in futures::future::join_all(calls).await {
+        // Each is served the still-valid token, with the lock's failure as a warning.
+        assert_eq!(r.unwrap().unwrap().secret().expose_secret(), "t");
+    }
+    // One lock wait (2 s) for all five, not five in a row (10 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(requests(&server).await, 1);
+}

@@ -114,13 +114,21 @@ impl Broker {
             cooldown: slot.cooldown(),
         };
         let _cross_process = match disk {
-            Some(d) => match self.lock_disk(p, d, key, slot, req, asked_at).await? {
-                FromDisk::Served(t) => return Ok(t),
-                FromDisk::Locked(lock, entry) => {
+            Some(d) => match self.lock_disk(p, d, key, slot, req, asked_at).await {
+                Ok(FromDisk::Served(t)) => return Ok(t),
+                Ok(FromDisk::Locked(lock, entry)) => {
                     if let Some(e) = entry {
                         known = merge(known, e);
                     }
                     Some(lock)
+                }
+                // Another process held the lock past the fetch's time limits (or the cache failed): published like a
+                // fetch's failure, so the callers queued behind do not each wait that long again, and a still-valid
+                // token is served as after any failed refresh.
+                Err(e) => {
+                    slot.publish(Some(&e));
+                    let now = self.clock.now();
+                    return serve_previous(slot.get().filter(|t| t.is_valid(now)), e, now);
                 }
             },
             None => None,
