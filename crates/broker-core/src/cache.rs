@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::paths::{check_private_dir, open_private_dir};
+use crate::paths::open_private_dir;
 use crate::token::AccessToken;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -210,6 +210,10 @@ impl DiskCache {
         format!("{}.json", key.hex())
     }
 
+    fn entry_path(&self, key: &CacheKey) -> PathBuf {
+        self.dir.join(Self::entry_name(key))
+    }
+
     /// Opens the directory for writing: created if missing, ours, 0700.
     fn open_dir(&self) -> Result<OwnedFd> {
         open_private_dir(&self.dir, true)?
@@ -222,13 +226,13 @@ impl DiskCache {
     ///
     /// The warm path costs one `fstat` over a plain read: an entry that is a regular file of ours, which others
     /// cannot write, was written by us, and we only ever write into a directory checked on its descriptor
-    /// ([`crate::paths::open_private_dir`]). The directory itself is looked at ([`check_private_dir`]) only when
-    /// there is no usable entry, to say why: a planted or foreign directory is then an error naming it.
+    /// ([`open_private_dir`]). The directory itself is checked the same way only when there is no usable entry, to
+    /// say why: a planted or foreign directory is then an error naming it.
     pub fn read(&self, key: &CacheKey) -> Result<Option<Entry>> {
-        let path = self.dir.join(Self::entry_name(key));
+        let path = self.entry_path(key);
         let shown = || path.display().to_string();
         let unusable = |why: &dyn std::fmt::Display| -> Result<Option<Entry>> {
-            check_private_dir(&self.dir)?;
+            open_private_dir(&self.dir, false)?;
             tracing::warn!(
                 "ignoring cache entry {} ({why}); it will be replaced",
                 shown()
@@ -238,18 +242,18 @@ impl DiskCache {
         let file = match rustix::fs::open(&path, OFlags::RDONLY | at_flags(), Mode::empty()) {
             Ok(fd) => File::from(fd),
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
-                check_private_dir(&self.dir)?;
+                open_private_dir(&self.dir, false)?;
                 return Ok(None);
             }
             Err(e) => return unusable(&e),
         };
         let size = match trusted(&file) {
-            Ok(size) if size <= BODY_LIMIT => size,
+            Ok(size) if size <= ENTRY_LIMIT => size,
             Ok(size) => return unusable(&format_args!("{size} bytes, too large")),
             Err(why) => return unusable(&why),
         };
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
-        if let Err(e) = (&file).take(BODY_LIMIT).read_to_end(&mut bytes) {
+        if let Err(e) = (&file).take(ENTRY_LIMIT).read_to_end(&mut bytes) {
             tracing::warn!("cannot read cache entry {}: {e}", shown());
             return Ok(None);
         }
@@ -308,8 +312,9 @@ impl DiskCache {
         }
     }
 
-    /// Writes the entry of `key` atomically ([`crate::paths::write_atomic`]). Call with the key's lock held: the temp file has one fixed name per key (`<key>.tmp`), so no directory scan
-    /// is needed and a write costs the same with ten entries or ten thousand.
+    /// Writes the entry of `key` atomically ([`crate::paths::write_atomic`]). Call with the key's lock held: the
+    /// temp file has one fixed name per key (`<key>.tmp`), so no directory scan is needed and a write costs the
+    /// same with ten entries or ten thousand.
     pub fn write(&self, key: &CacheKey, entry: &Entry, profile: &str) -> Result<()> {
         let dir = self.open_dir()?;
         let io = |e: std::io::Error| {
@@ -372,7 +377,7 @@ impl DiskCache {
 }
 
 /// The most of an entry file that is read: entries are a few KB; anything larger is not ours.
-const BODY_LIMIT: u64 = 1 << 20;
+const ENTRY_LIMIT: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -417,7 +422,7 @@ mod tests {
         );
         let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode(cache.dir())?, 0o700);
-        assert_eq!(mode(&cache.dir().join(DiskCache::entry_name(&key)))?, 0o600);
+        assert_eq!(mode(&cache.entry_path(&key))?, 0o600);
         Ok(())
     }
 
@@ -426,12 +431,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let cache = DiskCache::new(dir.path());
         let key = CacheKey::from_parts([b"a".as_slice()]);
-        fs::write(cache.dir().join(DiskCache::entry_name(&key)), b"{not json")?;
+        fs::write(cache.entry_path(&key), b"{not json")?;
         assert!(cache.read(&key)?.is_none());
-        fs::write(
-            cache.dir().join(DiskCache::entry_name(&key)),
-            br#"{"version":99}"#,
-        )?;
+        fs::write(cache.entry_path(&key), br#"{"version":99}"#)?;
         assert!(cache.read(&key)?.is_none());
         Ok(())
     }
@@ -456,10 +458,7 @@ mod tests {
         assert!(!stray.exists(), "the stray temp file is still there");
         let back = cache.read(&key)?.ok_or("no entry")?;
         assert_eq!(back.endpoint.as_deref(), Some("https://x/token"));
-        let mode = fs::metadata(cache.dir().join(DiskCache::entry_name(&key)))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(cache.entry_path(&key))?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         Ok(())
     }

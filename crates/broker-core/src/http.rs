@@ -299,11 +299,6 @@ mod tests {
         );
         assert_eq!(retry_at(&headers(&[("retry-after", "soon")]), now), None);
     }
-}
-
-#[cfg(test)]
-mod text_tests {
-    use super::*;
 
     #[test]
     fn provider_text_is_escaped_and_cut() {
@@ -324,9 +319,13 @@ mod text_tests {
             .expect("runtime");
         let client = build_client(Duration::from_secs(5), Duration::from_secs(5), None, true)
             .expect("client");
-        // Port 9 (discard) on loopback is not listening here: connection refused.
-        let e = rt.block_on(send(client.post("http://127.0.0.1:9/token")));
-        let e = e.expect_err("nothing listens on port 9");
+        // A loopback port bound and released: connection refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let e = rt.block_on(send(client.post(format!("http://127.0.0.1:{port}/token"))));
+        let e = e.expect_err("nothing listens there");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         let source = std::error::Error::source(&e).map(|s| s.is::<reqwest::Error>());
         assert_eq!(source, Some(true), "{e}");

@@ -174,29 +174,24 @@ impl HttpProvider {
         Ok(cell.get_or_init(|| c))
     }
 
-    /// Whether `url` may carry the secret: https, or http to this machine or with `allow_http`.
+    /// Whether `url` may carry the secret ([`crate::config::secure_enough`] with this profile's `allow_http`).
     fn secure_enough(&self, url: &url::Url) -> bool {
-        match url.scheme() {
-            "https" => true,
-            "http" => self.allow_http || crate::config::is_loopback(url),
-            _ => false,
-        }
+        crate::config::secure_enough(url, self.allow_http)
     }
 
-    /// Whether an endpoint remembered in a cache entry is one this configuration leads to (docs/security.md,
-    /// "remembered endpoints"): it passes the URL checks of a configured one, and has the configured origin (the
-    /// Keycloak server's, or the issuer's). A discovery document may name another origin; such an endpoint is not
-    /// taken from the cache but discovered again.
-    fn trusted_hint(&self, hint: &str) -> bool {
-        let Ok(url) = url::Url::parse(hint) else {
-            return false;
+    /// What to do with an endpoint remembered in a cache entry (docs/security.md, "remembered endpoints"): use it
+    /// when it passes the URL checks of a configured one and has the configured origin (the Keycloak server's, or
+    /// the issuer's); discover again when discovery could have named it (another origin, but secure); else refuse.
+    fn judge_hint(&self, hint: &str) -> Hint {
+        let Some(url) = url::Url::parse(hint).ok().filter(|u| self.secure_enough(u)) else {
+            return Hint::Refuse;
         };
-        let origin = match &self.endpoint {
-            TokenEndpoint::Keycloak { server, .. } => server.origin(),
-            TokenEndpoint::Discover(issuer) => issuer.origin(),
-            TokenEndpoint::Url(_) | TokenEndpoint::Missing => return false,
-        };
-        self.secure_enough(&url) && url.origin() == origin
+        match &self.endpoint {
+            TokenEndpoint::Keycloak { server, .. } if url.origin() == server.origin() => Hint::Use,
+            TokenEndpoint::Discover(issuer) if url.origin() == issuer.origin() => Hint::Use,
+            TokenEndpoint::Discover(_) => Hint::Rediscover,
+            _ => Hint::Refuse,
+        }
     }
 
     fn learned(&self) -> Option<String> {
@@ -219,21 +214,21 @@ impl HttpProvider {
         if let TokenEndpoint::Url(u) = &self.endpoint {
             return Ok(u.clone());
         }
-        let hint = cx.endpoint_hint.filter(|h| {
-            let ok = self.trusted_hint(h);
-            let cross_origin_discovery = matches!(self.endpoint, TokenEndpoint::Discover(_))
-                && url::Url::parse(h).is_ok_and(|u| self.secure_enough(&u));
-            if !ok && cross_origin_discovery {
+        let hint = cx.endpoint_hint.filter(|h| match self.judge_hint(h) {
+            Hint::Use => true,
+            Hint::Rediscover => {
                 tracing::debug!("{}: discovering the token endpoint again", self.label);
-            } else if !ok {
+                false
+            }
+            Hint::Refuse => {
                 tracing::warn!(
                     "{}: ignoring the token endpoint remembered in the cache ({}): the configuration does not lead \
                      there",
                     self.label,
                     crate::http::provider_text(h)
                 );
+                false
             }
-            ok
         });
         match (&self.endpoint, hint) {
             (TokenEndpoint::Url(u), _) => Ok(u.clone()),
@@ -431,6 +426,13 @@ impl Provider for HttpProvider {
             .await
             .map_err(|e| self.explain(e).redacted(&secret_forms(&id, &secret)))
     }
+}
+
+/// The verdict on an endpoint remembered in a cache entry ([`HttpProvider::judge_hint`]).
+enum Hint {
+    Use,
+    Rediscover,
+    Refuse,
 }
 
 /// The forms a client secret can take on the wire, for redaction from provider text (docs/security.md): raw,

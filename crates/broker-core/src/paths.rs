@@ -98,36 +98,6 @@ pub fn open_private_dir(dir: &Path, create: bool) -> Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
-/// The read path's check of a private directory, one `lstat`: `Ok(false)` when it is missing, an error when it is
-/// a symlink, not a directory, or another user's; one of ours open to others is tightened through
-/// [`open_private_dir`]. Files under it are then opened by path with `O_NOFOLLOW` and checked on their descriptor
-/// (ours, not writable by others), which is what makes a token trusted; the directory check is what makes a
-/// planted directory an error rather than a silent miss. Writers use [`open_private_dir`], race-free.
-pub fn check_private_dir(dir: &Path) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => {
-            return Err(Error::internal(format!(
-                "cannot read {}: {e}",
-                dir.display()
-            )))
-        }
-    };
-    if !meta.is_dir() {
-        return Err(dir_error(dir, rustix::io::Errno::NOTDIR));
-    }
-    let me = euid();
-    if meta.uid() != me {
-        return Err(foreign(dir, meta.uid(), me));
-    }
-    if meta.mode() & 0o077 != 0 {
-        open_private_dir(dir, false)?;
-    }
-    Ok(true)
-}
-
 fn foreign(dir: &Path, owner: u32, me: u32) -> Error {
     Error::internal(format!(
         "{} belongs to uid {owner}, not to us (uid {me}): refusing to use it; point XDG_CACHE_HOME (or \

@@ -31,7 +31,7 @@ mod vocab;
 
 #[allow(unused_imports)]
 use load::*;
-pub(crate) use resolve::is_loopback;
+pub(crate) use resolve::secure_enough;
 pub use settings::*;
 use source::*;
 pub use values::*;

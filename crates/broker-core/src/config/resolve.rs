@@ -75,8 +75,18 @@ impl Config {
     }
 }
 
+/// Whether `url` may carry the client secret (docs/reference.md §1, §3): https, or http to this machine, or http
+/// anywhere with `allow_http`. The one rule for configured, discovered and remembered endpoints.
+pub(crate) fn secure_enough(url: &Url, allow_http: bool) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => allow_http || is_loopback(url),
+        _ => false,
+    }
+}
+
 /// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
-pub(crate) fn is_loopback(url: &Url) -> bool {
+fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -119,7 +129,7 @@ fn check_urls(f: &Fields) -> Result<bool> {
         .into_iter()
         .flatten()
     {
-        if url.value.scheme() == "http" && !allow_http && !is_loopback(&url.value) {
+        if !secure_enough(&url.value, allow_http) {
             return Err(url.origin.error(
                 "plain http:// to a non-loopback host would send the client secret unencrypted",
                 Some("use https://, or set `allow_http = true` if you really mean it".into()),
