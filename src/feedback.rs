@@ -12,7 +12,8 @@ use broker_core::{Error, ErrorKind, Observer};
 pub const QUIET_FOR: Duration = Duration::from_secs(1);
 
 pub struct Feedback {
-    tty: bool,
+    /// Whether stderr is a terminal, asked only when there is something to draw: a warm hit makes no syscall here.
+    tty: OnceLock<bool>,
     started: Instant,
     shown: AtomicBool,
     /// The latest line, drawn once the call has waited [`QUIET_FOR`].
@@ -25,7 +26,7 @@ pub fn get() -> Arc<Feedback> {
     FEEDBACK
         .get_or_init(|| {
             Arc::new(Feedback {
-                tty: std::io::stderr().is_terminal(),
+                tty: OnceLock::new(),
                 started: Instant::now(),
                 shown: AtomicBool::new(false),
                 line: Mutex::new(None),
@@ -36,7 +37,7 @@ pub fn get() -> Arc<Feedback> {
 
 impl Feedback {
     fn draw(&self, text: &str) {
-        if !self.tty {
+        if !*self.tty.get_or_init(|| std::io::stderr().is_terminal()) {
             return;
         }
         let text: String = text.chars().take(160).collect();

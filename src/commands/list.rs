@@ -40,7 +40,7 @@ fn daemon_status(v: &serde_json::Value, name: &str) -> Option<Status> {
 }
 
 /// The STATUS column: when the provider will be asked again, and why not before.
-pub fn cooldown_text(c: Option<&Cooldown>, now: SystemTime) -> String {
+fn cooldown_text(c: Option<&Cooldown>, now: SystemTime) -> String {
     let Some(c) = c else {
         return "-".into();
     };

@@ -67,13 +67,10 @@ pub(super) async fn stamp(State(daemon): State<Arc<Daemon>>, req: Request, next:
     resp
 }
 
-/// The error JSON; an error that says when to come back (an outage, a cool-down) also carries `Retry-After`.
+/// The error JSON (the CLI's `--format json` error, [`crate::output::error_json`]); an error that says when to
+/// come back (an outage, a cool-down) also carries `Retry-After`.
 pub(super) fn error_response(e: &Error, status: StatusCode) -> Response {
-    let mut resp = (
-        status,
-        Json(json!({"error": e.kind().as_str(), "message": e.message()})),
-    )
-        .into_response();
+    let mut resp = (status, Json(crate::output::error_json(e))).into_response();
     if let Some(at) = e.retry_at() {
         let secs = at
             .duration_since(SystemTime::now())

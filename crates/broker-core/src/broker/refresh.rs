@@ -70,7 +70,8 @@ pub(super) fn serve_previous(
     }
 }
 
-/// Full-jitter exponential backoff (cut to what is left of the retry budget by the caller): uniform in `[0, min(8 s, 250 ms * 2^attempt)]`.
+/// Full-jitter exponential backoff, uniform in `[0, min(8 s, 250 ms * 2^attempt)]` (the caller cuts it to what is
+/// left of the retry budget).
 pub(super) fn backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(250)
         .saturating_mul(1 << attempt.min(5))
