@@ -66,6 +66,9 @@ pub enum Command {
     /// Manage the token cache.
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
+    /// Store or delete a profile's `{ keyring = "service/account" }` secret (read without echo, never from argv).
+    #[command(subcommand)]
+    Secret(commands::secret::SecretCommand),
     /// Run a command with the token in its environment (BROKER_TOKEN and the provider's token_env).
     #[command(
         after_help = "Examples:\n  broker exec ion-prod -- python3 query_runs.py\n  broker exec chili --env API_TOKEN -- ./deploy.sh"
@@ -135,6 +138,7 @@ pub fn run() -> ExitCode {
         Command::Check => commands::check::run(&g),
         Command::Inspect(args) => commands::inspect::run(&g, args),
         Command::Cache(c) => commands::cache::run(&g, c),
+        Command::Secret(c) => commands::secret::run(&g, c),
         Command::Exec(args) => commands::exec::run(&g, args),
         Command::Curl(args) => commands::curl::run(&g, args),
         Command::GitCredential(args) => commands::git_credential::run(&g, args),

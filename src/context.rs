@@ -45,11 +45,27 @@ pub fn cache_dir() -> Option<PathBuf> {
     paths::cache_dir()
 }
 
-/// A broker over the user's disk cache serving `settings` alone, reporting retries to the status line.
-pub fn broker_for(settings: Settings) -> Broker {
-    let mut b = Broker::builder()
-        .observer(crate::feedback::get())
-        .settings(settings);
+/// A broker over the user's disk cache serving `settings`, and the profiles whose tokens it exchanges (a
+/// `{ profile = ... }` subject or actor token, and theirs in turn), reporting retries to the status line.
+pub fn broker_for(config: &Config, settings: Settings) -> Broker {
+    let mut b = Broker::builder().observer(crate::feedback::get());
+    let mut wanted: Vec<String> = settings.profile_tokens().map(str::to_owned).collect();
+    let mut seen = vec![settings.profile().to_owned()];
+    b = b.settings(settings);
+    // Load time refused cycles and unknown names; `seen` only keeps a diamond from registering a profile twice.
+    while let Some(name) = wanted.pop() {
+        if seen.contains(&name) {
+            continue;
+        }
+        match config.resolve(&name, &Default::default()) {
+            Ok(s) => {
+                wanted.extend(s.profile_tokens().map(str::to_owned));
+                b = b.settings(s);
+            }
+            Err(e) => b = b.broken(&name, e),
+        }
+        seen.push(name);
+    }
     if let Some(dir) = cache_dir() {
         b = b.disk_cache(dir);
     }
@@ -78,7 +94,7 @@ pub fn settings_and_token(
     if no_cache {
         settings = settings.with_cache(broker_core::config::CacheMode::None);
     }
-    let broker = broker_for(settings.clone());
+    let broker = broker_for(&config, settings.clone());
     let token = get_token(&broker, profile, req)?;
     Ok((settings, token))
 }
@@ -115,7 +131,7 @@ pub fn get_token(
 /// Removes from `cmd`'s environment the variables that hold this profile's credentials (`{ env = "..." }`
 /// sources), except those named in `keep`: a program given a token has no business with the secret that got it.
 pub fn scrub_credentials(cmd: &mut std::process::Command, settings: &Settings, keep: &[String]) {
-    for source in [settings.client_id(), settings.client_secret()] {
+    for (_, source, _) in settings.secret_sources() {
         if let broker_core::secret::SecretSource::Env(name) = source {
             if !keep.contains(name) {
                 cmd.env_remove(name);

@@ -1,11 +1,19 @@
-//! `broker check`: validate every file, resolve every profile, show settings with secrets redacted.
+//! `broker check`: validate every file, resolve every profile, show settings with secrets redacted, and check the
+//! key and certificate material that can be read without running anything.
 
-use broker_core::secret::SecretSource;
+use std::time::{Duration, SystemTime};
+
+use broker_core::credential::{key_algorithm, ClientCert};
+use broker_core::secret::{SecretSource, Shape};
 use broker_core::{Error, Settings};
+use secrecy::ExposeSecret;
 
 use crate::context;
 use crate::context::{CmdResult, Globals};
 use crate::output;
+
+/// A client certificate that ends within this long gets a warning.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub fn run(g: &Globals) -> CmdResult {
     let config = context::load(g)?;
@@ -14,15 +22,19 @@ pub fn run(g: &Globals) -> CmdResult {
         out.push_str(&format!("  {f}\n"));
     }
     let mut failed = 0;
+    let now = SystemTime::now();
     for name in config.profile_names() {
         out.push_str(&format!("\n[profiles.{name}]\n"));
         match config
             .resolve(name, &Default::default())
-            .and_then(|s| check_secrets(&s).map(|()| s))
+            .and_then(|s| check_material(&s, now).map(|notes| (s, notes)))
         {
-            Ok(s) => {
+            Ok((s, notes)) => {
                 for (k, v) in s.describe() {
-                    out.push_str(&format!("  {k:<16} {v}\n"));
+                    out.push_str(&format!("  {k:<20} {v}\n"));
+                }
+                for n in notes {
+                    out.push_str(&format!("  {n}\n"));
                 }
             }
             Err(e) => {
@@ -40,16 +52,65 @@ pub fn run(g: &Globals) -> CmdResult {
     Ok(())
 }
 
-/// Env and file sources must be readable now; commands are not run (they may prompt or cost).
-fn check_secrets(s: &Settings) -> Result<(), Error> {
-    for (field, src) in [
-        ("client_id", s.client_id()),
-        ("client_secret", s.client_secret()),
-    ] {
-        if matches!(src, SecretSource::Env(_) | SecretSource::File(_)) {
-            src.resolve()
-                .map_err(|e| e.context(format!("profile `{}`: {field}", s.profile())))?;
+/// Env, file and literal sources must be readable now, and keys and certificates must parse (commands and keyrings
+/// are not asked: they may prompt or cost). Returns what is worth a note: the algorithm a key signs with, a
+/// certificate's subject and end, a warning when it ends within a week.
+fn check_material(s: &Settings, now: SystemTime) -> Result<Vec<String>, Error> {
+    let mut notes = Vec::new();
+    for (field, source, shape) in s.secret_sources() {
+        if !matches!(
+            source,
+            SecretSource::Env(_) | SecretSource::File(_) | SecretSource::Literal(_)
+        ) {
+            continue;
+        }
+        let at = |e: String| {
+            let place = s
+                .position(field)
+                .map_or_else(String::new, |p| format!(" (set at {p})"));
+            Error::config(format!(
+                "profile `{}`: {field}{place}: {} {e}",
+                s.profile(),
+                source.describe()
+            ))
+        };
+        let value = source
+            .read(shape)
+            .map_err(|e| e.context(format!("profile `{}`: {field}", s.profile())))?;
+        let pem = value.expose_secret().as_bytes();
+        match (field, shape) {
+            ("private_key", Shape::Whole) => {
+                let alg =
+                    key_algorithm(pem, s.signing_alg()).map_err(|e| at(format!("holds {e}")))?;
+                notes.push(format!("private_key signs {}", alg.as_str()));
+            }
+            ("client_key", Shape::Whole) => {
+                key_algorithm(pem, None).map_err(|e| at(format!("holds {e}")))?;
+            }
+            ("client_cert", Shape::Whole) => {
+                let cert = ClientCert::from_pem(pem).map_err(|e| at(format!("is {e}")))?;
+                let end = output::rfc3339(cert.not_after);
+                match cert.not_after.duration_since(now) {
+                    Err(_) => return Err(at(format!("is a certificate that expired {end}"))),
+                    Ok(left) if left < EXPIRY_WARNING => {
+                        let msg = format!(
+                            "profile `{}`: client_cert {} expires {end}, in {}: renew it",
+                            s.profile(),
+                            source.describe(),
+                            broker_core::duration::format(left)
+                        );
+                        tracing::warn!("{msg}");
+                        notes.push(format!("warning: {msg}"));
+                    }
+                    Ok(_) => {}
+                }
+                notes.push(format!(
+                    "client_cert {} until {end}, x5t#S256 {}",
+                    cert.subject, cert.thumbprint
+                ));
+            }
+            _ => {}
         }
     }
-    Ok(())
+    Ok(notes)
 }

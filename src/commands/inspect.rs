@@ -3,6 +3,8 @@
 use std::io::Read;
 use std::time::SystemTime;
 
+use broker_core::credential::ClientCert;
+use broker_core::secret::SecretSource;
 use broker_core::token::{jwt_claims, jwt_header};
 use broker_core::{Error, TokenRequest};
 use secrecy::ExposeSecret;
@@ -20,6 +22,7 @@ pub struct Args {
 
 pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let now = SystemTime::now();
+    let mut cert = None;
     let (raw, known_expiry) = if args.target == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -28,17 +31,57 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
             .map_err(|e| Error::usage(format!("cannot read standard input: {e}")))?;
         (s.trim().to_owned(), None)
     } else {
-        let (_, t) = context::settings_and_token(
+        let (settings, t) = context::settings_and_token(
             g,
             &args.target,
             &Default::default(),
             &TokenRequest::default(),
             false,
         )?;
+        cert = configured_thumbprint(&settings);
         (t.secret().expose_secret().to_owned(), Some(t.expires_at()))
     };
-    output::print_stdout(&describe(&raw, known_expiry, now))?;
+    let mut text = describe(&raw, known_expiry, now);
+    text.push_str(&binding(&raw, cert.as_deref()));
+    output::print_stdout(&text)?;
     Ok(())
+}
+
+/// The `x5t#S256` of the profile's client certificate, when it has one that can be read without running anything.
+fn configured_thumbprint(s: &broker_core::Settings) -> Option<String> {
+    let (_, source, shape) = s
+        .secret_sources()
+        .into_iter()
+        .find(|(f, _, _)| *f == "client_cert")?;
+    if matches!(source, SecretSource::Command(_)) {
+        return None;
+    }
+    let pem = source.read(shape).ok()?;
+    ClientCert::from_pem(pem.expose_secret().as_bytes())
+        .ok()
+        .map(|c| c.thumbprint)
+}
+
+/// The line about a certificate-bound token (RFC 8705 §3): its `cnf.x5t#S256`, and whether it is the configured
+/// certificate's.
+pub fn binding(raw: &str, configured: Option<&str>) -> String {
+    let bound = jwt_claims(raw).and_then(|c| {
+        c.get("cnf")
+            .and_then(|cnf| cnf.get("x5t#S256"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    match (bound, configured) {
+        (None, _) => String::new(),
+        (Some(b), None) => format!("bound to the client certificate with x5t#S256 {b}\n"),
+        (Some(b), Some(c)) if b == c => format!(
+            "bound to the client certificate with x5t#S256 {b}: the configured client_cert (matches)\n"
+        ),
+        (Some(b), Some(c)) => format!(
+            "bound to the client certificate with x5t#S256 {b}: NOT the configured client_cert ({c}); the API \
+             will refuse this token over that certificate\n"
+        ),
+    }
 }
 
 /// The inspection text of a token.

@@ -10,4 +10,5 @@ pub mod git_credential;
 pub mod inspect;
 pub mod list;
 pub mod providers;
+pub mod secret;
 pub mod token;

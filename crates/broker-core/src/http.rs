@@ -15,12 +15,13 @@ pub const BODY_CAP: usize = 1 << 20;
 
 /// Builds the client used for token requests. Called only when a fetch is needed, never on a cache hit.
 /// `plain_http`: the client for `http://` URLs, which never goes through a proxy (a proxy would see the secret in
-/// clear; docs/security.md).
+/// clear; docs/security.md). `identity`: the client certificate of mutual TLS.
 pub fn build_client(
     timeout: Duration,
     connect_timeout: Duration,
     ca_file: Option<&Path>,
     plain_http: bool,
+    identity: Option<reqwest::Identity>,
 ) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder();
     if plain_http {
@@ -46,6 +47,9 @@ pub fn build_client(
         for c in certs {
             b = b.add_root_certificate(c);
         }
+    }
+    if let Some(identity) = identity {
+        b = b.identity(identity);
     }
     b.build()
         .map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))
@@ -317,8 +321,14 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let client = build_client(Duration::from_secs(5), Duration::from_secs(5), None, true)
-            .expect("client");
+        let client = build_client(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            None,
+            true,
+            None,
+        )
+        .expect("client");
         // A loopback port bound and released: connection refused.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

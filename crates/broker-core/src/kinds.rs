@@ -13,11 +13,15 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::cache::CacheKey;
-use crate::config::{keycloak_token_url, AuthMethod, BodyFormat, Kind, Settings, TokenEndpoint};
+use crate::config::{
+    keycloak_token_url, AssertionAudience, AuthMethod, BodyFormat, Grant, Kind, Settings,
+    SigningAlg, TokenEndpoint,
+};
+use crate::credential::{SigningKey, ASSERTION_TYPE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{build_client, classify, send};
 use crate::provider::{FetchContext, Fetched, Provider};
-use crate::secret::SecretSource;
+use crate::secret::{SecretSource, Shape, TokenSource};
 
 /// Everything outside `A-Z a-z 0-9 - . _ ~` is `%XX`-encoded, a space as `%20` (RFC 6749 §2.3.1, and what
 /// both strict servers and Keycloak accept).
@@ -57,7 +61,13 @@ impl ClientPool {
             return Ok(c.clone());
         }
         let (timeout, connect_timeout, ca_file, plain_http) = key;
-        let c = build_client(*timeout, *connect_timeout, ca_file.as_deref(), *plain_http)?;
+        let c = build_client(
+            *timeout,
+            *connect_timeout,
+            ca_file.as_deref(),
+            *plain_http,
+            None,
+        )?;
         clients.insert(key.clone(), c.clone());
         Ok(c)
     }
@@ -71,19 +81,27 @@ pub struct HttpProvider {
     kind: Kind,
     endpoint: TokenEndpoint,
     client_id: SecretSource,
-    client_secret: SecretSource,
-    /// Where `client_id` and `client_secret` were set, for errors of their sources.
-    secret_positions: [String; 2],
+    client_secret: Option<SecretSource>,
+    /// Where each secret-source field was set, for errors of their sources.
+    positions: Vec<(&'static str, String)>,
     auth: AuthMethod,
+    /// What signs client assertions, besides the client secret (docs/reference.md §8).
+    assertion: Assertion,
+    client_cert: Option<SecretSource>,
+    client_key: Option<SecretSource>,
+    subject_token: Option<TokenSource>,
+    actor_token: Option<TokenSource>,
     body: BodyFormat,
     /// Request parameters other than credentials, sorted.
     params: Vec<(String, String)>,
     /// Plain `http://` to a host other than this machine is allowed (`allow_http`).
     allow_http: bool,
     /// The pool key of the https client; the plain-http one differs only in its last part.
-    client_key: ClientKey,
+    pool_key: ClientKey,
     client: OnceLock<reqwest::Client>,
     plain_client: OnceLock<reqwest::Client>,
+    /// The mutual-TLS client, built with the client certificate on the first fetch that needs it.
+    tls_client: OnceLock<reqwest::Client>,
     pool: Arc<ClientPool>,
     /// The endpoint learned in this process (discovery, or the other Keycloak layout).
     learned: Mutex<Option<String>>,
@@ -101,6 +119,10 @@ impl HttpProvider {
     /// A provider for resolved `settings`. No client is built until the first fetch.
     pub fn new(s: Settings) -> Self {
         let endpoint = s.token_endpoint();
+        let audience = match s.assertion_audience {
+            AssertionAudience::TokenEndpoint => None,
+            AssertionAudience::Issuer => s.assertion_issuer(),
+        };
         let mut label = format!("profile `{}`", s.profile);
         if let Some(p) = &s.provider {
             label.push_str(&format!(" (provider {p}"));
@@ -110,11 +132,23 @@ impl HttpProvider {
             label.push(')');
         }
         let mut params: Vec<(String, String)> =
-            vec![("grant_type".into(), "client_credentials".into())];
+            vec![("grant_type".into(), s.grant.grant_type().into())];
+        let exchange = s.grant == Grant::TokenExchange;
+        let actor_type = s.actor_token.as_ref().map(|_| {
+            s.actor_token_type
+                .clone()
+                .unwrap_or_else(|| crate::config::ACCESS_TOKEN_TYPE.into())
+        });
         for (k, v) in [
             ("audience", s.audience),
             ("scope", s.scope),
             ("resource", s.resource),
+            (
+                "subject_token_type",
+                Some(s.subject_token_type).filter(|_| exchange),
+            ),
+            ("actor_token_type", actor_type),
+            ("requested_token_type", s.requested_token_type),
         ] {
             if let Some(v) = v {
                 params.push((k.into(), v));
@@ -122,20 +156,32 @@ impl HttpProvider {
         }
         params.extend(s.params);
         params.sort();
+        let assertion = Assertion {
+            private_key: s.private_key,
+            key_id: s.key_id,
+            signing_alg: s.signing_alg,
+            audience,
+        };
         HttpProvider {
             endpoint,
             label,
             kind: s.kind,
             client_id: s.client_id,
             client_secret: s.client_secret,
-            secret_positions: s.secret_positions,
+            positions: s.positions,
             auth: s.auth,
+            assertion,
+            client_cert: s.client_cert,
+            client_key: s.client_key,
+            subject_token: s.subject_token,
+            actor_token: s.actor_token,
             body: s.body,
             params,
             allow_http: s.allow_http,
-            client_key: (s.timeout, s.connect_timeout, s.ca_file, false),
+            pool_key: (s.timeout, s.connect_timeout, s.ca_file, false),
             client: OnceLock::new(),
             plain_client: OnceLock::new(),
+            tls_client: OnceLock::new(),
             pool: Arc::default(),
             learned: Mutex::new(None),
         }
@@ -168,7 +214,7 @@ impl HttpProvider {
         if let Some(c) = cell.get() {
             return Ok(c);
         }
-        let mut key = self.client_key.clone();
+        let mut key = self.pool_key.clone();
         key.3 = plain;
         let c = self.pool.get(&key)?;
         Ok(cell.get_or_init(|| c))
@@ -264,7 +310,13 @@ impl HttpProvider {
                 let doc: Value = serde_json::from_slice(&answer.body).map_err(|_| {
                     Error::bad_response(format!("discovery {url}: the body is not JSON"))
                 })?;
-                let named = doc.get("token_endpoint").and_then(Value::as_str);
+                // A client that authenticates with TLS uses the mutual-TLS alias when the server names one (RFC 8705 §5).
+                let alias = doc
+                    .get("mtls_endpoint_aliases")
+                    .and_then(|a| a.get("token_endpoint"))
+                    .and_then(Value::as_str)
+                    .filter(|_| self.auth.uses_tls());
+                let named = alias.or_else(|| doc.get("token_endpoint").and_then(Value::as_str));
                 return match named.map(|t| (t, url::Url::parse(t))) {
                     Some((t, Ok(u))) if self.secure_enough(&u) => Ok(t.to_owned()),
                     Some((t, Ok(_))) => Err(Error::bad_response(format!(
@@ -288,24 +340,52 @@ impl HttpProvider {
     async fn post(
         &self,
         endpoint: &str,
-        id: &SecretString,
-        secret: &SecretString,
+        creds: &Creds,
+        now: std::time::SystemTime,
     ) -> Result<crate::http::Answer> {
         let mut fields = self.params.clone();
-        let mut req = self
-            .client_for(endpoint)?
-            .post(endpoint)
-            .header("accept", "application/json");
+        let client = if self.auth.uses_tls() {
+            self.tls_client(endpoint, creds)?
+        } else {
+            self.client_for(endpoint)?
+        };
+        let mut req = client.post(endpoint).header("accept", "application/json");
+        let id = creds.id.expose_secret();
+        let secret = || creds.secret.as_ref().map_or("", |s| s.expose_secret());
         match self.auth {
             AuthMethod::ClientSecretPost => {
-                fields.push(("client_id".into(), id.expose_secret().to_owned()));
-                fields.push(("client_secret".into(), secret.expose_secret().to_owned()));
+                fields.push(("client_id".into(), id.to_owned()));
+                fields.push(("client_secret".into(), secret().to_owned()));
             }
             AuthMethod::ClientSecretBasic => {
-                req = req.header(
-                    "authorization",
-                    basic_credentials(id.expose_secret(), secret.expose_secret()),
-                );
+                req = req.header("authorization", basic_credentials(id, secret()));
+            }
+            AuthMethod::ClientSecretJwt | AuthMethod::PrivateKeyJwt => {
+                let signer = creds
+                    .signer
+                    .as_ref()
+                    .ok_or_else(|| Error::internal("no assertion key"))?;
+                let aud = self.assertion.audience.as_deref().unwrap_or(endpoint);
+                let assertion = signer
+                    .sign(id, aud, now, self.assertion.key_id.as_deref())
+                    .map_err(|e| {
+                        Error::internal(format!("cannot sign the client assertion: {e}"))
+                    })?;
+                fields.push(("client_id".into(), id.to_owned()));
+                fields.push(("client_assertion_type".into(), ASSERTION_TYPE.into()));
+                creds.sent(&assertion);
+                fields.push(("client_assertion".into(), assertion));
+            }
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth | AuthMethod::None => {
+                fields.push(("client_id".into(), id.to_owned()));
+            }
+        }
+        for (name, token) in [
+            ("subject_token", &creds.subject),
+            ("actor_token", &creds.actor),
+        ] {
+            if let Some(t) = token {
+                fields.push((name.into(), t.expose_secret().to_owned()));
             }
         }
         let body = match self.body {
@@ -328,14 +408,79 @@ impl HttpProvider {
         send(req.body(body)).await
     }
 
-    /// Context for an error of the client_id (0) or client_secret (1) source: the profile, the field and
-    /// where it was set.
-    fn source_context(&self, which: usize) -> String {
-        let field = ["client_id", "client_secret"][which.min(1)];
-        match self.secret_positions[which.min(1)].as_str() {
-            "" => format!("{}: {field}", self.label),
-            at => format!("{}: {field} (set at {at})", self.label),
+    /// The mutual-TLS client, built on first use with the client certificate (never pooled: it is this profile's).
+    fn tls_client(&self, endpoint: &str, creds: &Creds) -> Result<&reqwest::Client> {
+        if !endpoint.starts_with("https://") {
+            return Err(Error::config(format!(
+                "`auth = \"{}\"` authenticates with TLS, but the token endpoint {endpoint} is not https://",
+                self.auth.as_str()
+            )));
         }
+        if let Some(c) = self.tls_client.get() {
+            return Ok(c);
+        }
+        let (Some(cert), Some(key)) = (&creds.cert, &creds.key) else {
+            return Err(Error::internal("no client certificate"));
+        };
+        let identity = crate::credential::identity(cert.expose_secret(), key.expose_secret())
+            .map_err(|e| Error::config(format!("{}: {e}", self.source_context("client_cert"))))?;
+        let (timeout, connect_timeout, ca_file, _) = &self.pool_key;
+        let c = build_client(
+            *timeout,
+            *connect_timeout,
+            ca_file.as_deref(),
+            false,
+            Some(identity),
+        )?;
+        Ok(self.tls_client.get_or_init(|| c))
+    }
+
+    /// Context for an error of a secret source: the profile, the field and where it was set.
+    fn source_context(&self, field: &str) -> String {
+        match self.position(field) {
+            None => format!("{}: {field}", self.label),
+            Some(at) => format!("{}: {field} (set at {at})", self.label),
+        }
+    }
+
+    fn position(&self, field: &str) -> Option<&str> {
+        self.positions
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, at)| at.as_str())
+            .filter(|at| !at.is_empty())
+    }
+
+    /// The sources of what authenticates this client, by field: what a rejection tells the user to check.
+    fn credential_sources(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("client_id", self.client_id.describe())];
+        let sources = [
+            (
+                "client_secret",
+                self.client_secret.as_ref().map(SecretSource::describe),
+            ),
+            (
+                "private_key",
+                self.assertion
+                    .private_key
+                    .as_ref()
+                    .map(SecretSource::describe),
+            ),
+            (
+                "client_cert",
+                self.client_cert.as_ref().map(SecretSource::describe),
+            ),
+            (
+                "subject_token",
+                self.subject_token.as_ref().map(TokenSource::describe),
+            ),
+            (
+                "actor_token",
+                self.actor_token.as_ref().map(TokenSource::describe),
+            ),
+        ];
+        out.extend(sources.into_iter().filter_map(|(f, d)| Some((f, d?))));
+        out
     }
 
     /// A rejection says where the credentials came from (never their values), so the user knows what to check:
@@ -344,21 +489,144 @@ impl HttpProvider {
         if e.kind() != ErrorKind::Rejected {
             return e;
         }
-        let from = |field: &str, source: &SecretSource, at: &str| match at {
-            "" => format!("{field} from {}", source.describe()),
-            at => format!("{field} from {} ({at})", source.describe()),
-        };
+        let parts: Vec<String> = self
+            .credential_sources()
+            .into_iter()
+            .map(|(field, source)| match self.position(field) {
+                None => format!("{field} from {source}"),
+                Some(at) => format!("{field} from {source} ({at})"),
+            })
+            .collect();
         let msg = format!(
-            "{}; check the credentials: {}, {}",
+            "{}; check the credentials ({}): {}",
             e.message(),
-            from("client_id", &self.client_id, &self.secret_positions[0]),
-            from(
-                "client_secret",
-                &self.client_secret,
-                &self.secret_positions[1]
-            ),
+            self.auth.as_str(),
+            parts.join(", ")
         );
         Error::rejected(msg).with_retry_at(e.retry_at())
+    }
+
+    /// Reads every credential the request needs, and checks the material (a key that does not parse or does not fit
+    /// `signing_alg` is a config error naming its source).
+    async fn credentials(&self, cx: &FetchContext<'_>) -> Result<Creds> {
+        let id = self
+            .client_id
+            .resolve_async()
+            .await
+            .map_err(|e| e.context(self.source_context("client_id")))?;
+        let secret = match &self.client_secret {
+            Some(s) => Some(
+                s.resolve_async()
+                    .await
+                    .map_err(|e| e.context(self.source_context("client_secret")))?,
+            ),
+            None => None,
+        };
+        let whole = |field: &'static str, source: &Option<SecretSource>| {
+            let source = source.clone();
+            async move {
+                match source {
+                    Some(s) => s
+                        .read_async(Shape::Whole)
+                        .await
+                        .map(Some)
+                        .map_err(|e| e.context(self.source_context(field))),
+                    None => Ok(None),
+                }
+            }
+        };
+        let material_error = |field: &str, source: &SecretSource, e: String| {
+            Error::config(format!(
+                "{} ({}): {e}",
+                self.source_context(field),
+                source.describe()
+            ))
+        };
+        let signer = match self.auth {
+            AuthMethod::ClientSecretJwt => {
+                let secret = secret.as_ref().map_or("", |s| s.expose_secret());
+                Some(
+                    SigningKey::hmac(secret.as_bytes(), self.assertion.signing_alg)
+                        .map_err(Error::config)?,
+                )
+            }
+            AuthMethod::PrivateKeyJwt => {
+                let source = self
+                    .assertion
+                    .private_key
+                    .as_ref()
+                    .ok_or_else(|| Error::internal("no private_key"))?;
+                let pem = whole("private_key", &self.assertion.private_key)
+                    .await?
+                    .ok_or_else(|| Error::internal("no private_key"))?;
+                Some(
+                    SigningKey::from_pem(
+                        pem.expose_secret().as_bytes(),
+                        self.assertion.signing_alg,
+                    )
+                    .map_err(|e| material_error("private_key", source, format!("holds {e}")))?,
+                )
+            }
+            _ => None,
+        };
+        let (cert, key) = if self.auth.uses_tls() && self.tls_client.get().is_none() {
+            let cert = whole("client_cert", &self.client_cert).await?;
+            if let (Some(pem), Some(source)) = (&cert, &self.client_cert) {
+                let parsed =
+                    crate::credential::ClientCert::from_pem(pem.expose_secret().as_bytes())
+                        .map_err(|e| material_error("client_cert", source, format!("is {e}")))?;
+                if parsed.not_after <= cx.clock.now() {
+                    let end = humantime::format_rfc3339_seconds(parsed.not_after);
+                    return Err(material_error(
+                        "client_cert",
+                        source,
+                        format!("is a certificate that expired {end}"),
+                    ));
+                }
+            }
+            (cert, whole("client_key", &self.client_key).await?)
+        } else {
+            (None, None)
+        };
+        let subject = self
+            .exchange_token("subject_token", &self.subject_token, cx)
+            .await?;
+        let actor = self
+            .exchange_token("actor_token", &self.actor_token, cx)
+            .await?;
+        Ok(Creds {
+            id,
+            secret,
+            signer,
+            cert,
+            key,
+            subject,
+            actor,
+            assertions: Mutex::default(),
+        })
+    }
+
+    /// A subject or actor token: read from its source, or another profile's current token.
+    async fn exchange_token(
+        &self,
+        field: &str,
+        source: &Option<TokenSource>,
+        cx: &FetchContext<'_>,
+    ) -> Result<Option<SecretString>> {
+        match source {
+            None => Ok(None),
+            Some(TokenSource::Secret(s)) => s
+                .resolve_async()
+                .await
+                .map(Some)
+                .map_err(|e| e.context(self.source_context(field))),
+            Some(TokenSource::Profile(p)) => {
+                let t = cx.tokens.token_of(p).await.map_err(|e| {
+                    e.context(format!("{}: {field} from profile `{p}`", self.label))
+                })?;
+                Ok(Some(t.secret().clone()))
+            }
+        }
     }
 
     /// The other Keycloak layout (with or without `/auth`), when the endpoint is the derived one.
@@ -385,47 +653,130 @@ impl Provider for HttpProvider {
     }
 
     fn cache_key(&self) -> Result<CacheKey> {
-        let id = self
-            .client_id
-            .key_material()
-            .map_err(|e| e.context(self.source_context(0)))?;
-        let secret = self
-            .client_secret
-            .key_material()
-            .map_err(|e| e.context(self.source_context(1)))?;
+        let material =
+            |field: &'static str, source: &Option<SecretSource>, shape: Shape| match source {
+                Some(s) => s
+                    .key_material_of(shape)
+                    .map_err(|e| e.context(self.source_context(field))),
+                None => Ok(Vec::new()),
+            };
+        let id = material("client_id", &Some(self.client_id.clone()), Shape::Line)?;
+        let secret = material("client_secret", &self.client_secret, Shape::Line)?;
         let params: Vec<u8> = self
             .params
             .iter()
             .flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
             .collect();
         let endpoint = self.endpoint.configured();
-        Ok(CacheKey::from_parts([
-            b"broker-http-v1".as_slice(),
-            endpoint.as_bytes(),
-            self.kind.as_str().as_bytes(),
-            self.auth.as_str().as_bytes(),
-            self.body.as_str().as_bytes(),
-            &id,
-            &params,
-            &secret,
-        ]))
+        let mut parts = vec![
+            b"broker-http-v1".to_vec(),
+            endpoint.into_bytes(),
+            self.kind.as_str().as_bytes().to_vec(),
+            self.auth.as_str().as_bytes().to_vec(),
+            self.body.as_str().as_bytes().to_vec(),
+            id,
+            params,
+            secret,
+        ];
+        // What else decides the token (docs/reference.md §8), only when set, so the keys of secret-based profiles
+        // stay as they were: a new key, certificate or subject token means a new entry.
+        let a = &self.assertion;
+        let extra = [
+            (
+                "private_key",
+                material("private_key", &a.private_key, Shape::Whole)?,
+            ),
+            ("key_id", a.key_id.clone().unwrap_or_default().into_bytes()),
+            (
+                "signing_alg",
+                a.signing_alg
+                    .map(SigningAlg::as_str)
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (
+                "assertion_audience",
+                a.audience.clone().unwrap_or_default().into_bytes(),
+            ),
+            (
+                "client_cert",
+                material("client_cert", &self.client_cert, Shape::Whole)?,
+            ),
+            (
+                "client_key",
+                material("client_key", &self.client_key, Shape::Whole)?,
+            ),
+        ];
+        for (name, value) in extra.into_iter().filter(|(_, v)| !v.is_empty()) {
+            parts.push([name.as_bytes(), b"\0", &value].concat());
+        }
+        for (name, token) in [
+            ("subject_token", &self.subject_token),
+            ("actor_token", &self.actor_token),
+        ] {
+            if let Some(t) = token {
+                let m = t
+                    .key_material()
+                    .map_err(|e| e.context(self.source_context(name)))?;
+                parts.push([name.as_bytes(), b"\0", &m].concat());
+            }
+        }
+        Ok(CacheKey::from_parts(parts.iter().map(Vec::as_slice)))
     }
 
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
-        let id = self
-            .client_id
-            .resolve_async()
+        let creds = self.credentials(cx).await?;
+        self.fetch_with(cx, &creds)
             .await
-            .map_err(|e| e.context(self.source_context(0)))?;
-        let secret = self
-            .client_secret
-            .resolve_async()
-            .await
-            .map_err(|e| e.context(self.source_context(1)))?;
-        self.fetch_with(cx, &id, &secret)
-            .await
-            .map_err(|e| self.explain(e).redacted(&secret_forms(&id, &secret)))
+            .map_err(|e| self.explain(e).redacted(&creds.forms()))
     }
+}
+
+/// What one fetch authenticates with, read from the sources: never logged, dropped after the request.
+struct Creds {
+    id: SecretString,
+    secret: Option<SecretString>,
+    signer: Option<SigningKey>,
+    /// Mutual TLS material (PEM), read only while the TLS client is still to be built.
+    cert: Option<SecretString>,
+    key: Option<SecretString>,
+    subject: Option<SecretString>,
+    actor: Option<SecretString>,
+    /// The client assertions sent (one per request), kept only to redact them from provider text.
+    assertions: Mutex<Vec<SecretString>>,
+}
+
+impl Creds {
+    fn sent(&self, assertion: &str) {
+        self.assertions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SecretString::from(assertion.to_owned()));
+    }
+
+    /// Every wire form of every secret value, for redaction from provider text.
+    fn forms(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in [&self.secret, &self.subject, &self.actor]
+            .into_iter()
+            .flatten()
+        {
+            out.extend(secret_forms(&self.id, s));
+        }
+        let assertions = self.assertions.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(assertions.iter().map(|a| a.expose_secret().to_owned()));
+        out
+    }
+}
+
+/// The assertion settings of `client_secret_jwt` and `private_key_jwt`.
+struct Assertion {
+    private_key: Option<SecretSource>,
+    key_id: Option<String>,
+    signing_alg: Option<SigningAlg>,
+    /// `aud` when it is not the token endpoint posted to (`assertion_audience = "issuer"`).
+    audience: Option<String>,
 }
 
 /// The verdict on an endpoint remembered in a cache entry ([`HttpProvider::judge_hint`]).
@@ -452,24 +803,19 @@ fn secret_forms(id: &SecretString, secret: &SecretString) -> Vec<String> {
 }
 
 impl HttpProvider {
-    async fn fetch_with(
-        &self,
-        cx: &FetchContext<'_>,
-        id: &SecretString,
-        secret: &SecretString,
-    ) -> Result<Fetched> {
+    async fn fetch_with(&self, cx: &FetchContext<'_>, creds: &Creds) -> Result<Fetched> {
         let label = &self.label;
         let endpoint = self.endpoint(cx).await.map_err(|e| e.context(label))?;
         let requested_at = cx.clock.now();
         let answer = self
-            .post(&endpoint, id, secret)
+            .post(&endpoint, creds, requested_at)
             .await
             .map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
         let (endpoint, requested_at, answer) = match (answer.status, self.other_layout(&endpoint)) {
             (404, Some((other, legacy))) => {
                 let requested_at = cx.clock.now();
                 let second = self
-                    .post(&other, id, secret)
+                    .post(&other, creds, requested_at)
                     .await
                     .map_err(|e| e.context(format!("{label}: POST {other}")))?;
                 if second.status != 404 {

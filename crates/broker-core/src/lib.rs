@@ -79,6 +79,7 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
 ];
 mod broker;
 pub mod cache;
+pub mod credential;
 mod http;
 mod kinds;
 #[cfg(feature = "middleware")]
@@ -89,5 +90,5 @@ mod provider;
 pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, Status, TokenRequest};
 pub use config::{Config, LoadOptions, Overrides, Settings};
 pub use kinds::HttpProvider;
-pub use provider::{FetchContext, Fetched, Provider};
+pub use provider::{FetchContext, Fetched, ProfileTokens, Provider};
 pub use token::AccessToken;

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::cache::CacheKey;
 use crate::clock::Clock;
 use crate::error::Result;
-use crate::token::TokenResponse;
+use crate::token::{AccessToken, TokenResponse};
 
 /// What a fetch is given.
 pub struct FetchContext<'a> {
@@ -17,6 +17,15 @@ pub struct FetchContext<'a> {
     pub clock: &'a dyn Clock,
     /// The endpoint a previous fetch of this key used (after discovery or a layout fallback), if cached.
     pub endpoint_hint: Option<&'a str>,
+    /// Other profiles' tokens, from the same broker and cache (a token exchange's `{ profile = ... }` subject).
+    pub tokens: &'a dyn ProfileTokens,
+}
+
+/// Hands a provider another profile's current token: the broker does, refreshing it when needed.
+#[async_trait]
+pub trait ProfileTokens: Send + Sync {
+    /// `profile`'s token, cached while fresh.
+    async fn token_of(&self, profile: &str) -> Result<Arc<AccessToken>>;
 }
 
 /// A token endpoint's successful answer.

@@ -1,4 +1,5 @@
-//! Where client ids and secrets come from: a literal, an environment variable, a file, or a command.
+//! Where client ids, secrets, keys and subject tokens come from: a literal, an environment variable, a file, a
+//! command, or the OS keyring.
 //!
 //! Values are held in [`SecretString`] and never formatted; `Debug` shows the source, not the value.
 
@@ -34,11 +35,28 @@ pub enum SecretSource {
     Literal(SecretString),
     /// `{ env = "NAME" }`: an environment variable.
     Env(String),
-    /// `{ file = "PATH" }`: the first line of a file; a leading `~/` is the home directory.
+    /// `{ file = "PATH" }`: the first line of a file (the whole file for PEM material); a leading `~/` is the
+    /// home directory.
     File(PathBuf),
     /// `{ command = ["argv0", ...] }`: a program's trimmed standard output. No shell, stdin closed,
     /// an environment of `PATH` and `HOME` only, at most [`COMMAND_TIMEOUT`].
     Command(Vec<String>),
+    /// `{ keyring = "service/account" }`: the OS keyring (Linux kernel keyutils, macOS Keychain).
+    Keyring {
+        /// The service part.
+        service: String,
+        /// The account part.
+        account: String,
+    },
+}
+
+/// How much of a source's text is the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The first line, trimmed: ids, secrets, tokens.
+    Line,
+    /// All of it: PEM keys and certificates (docs/reference.md §8).
+    Whole,
 }
 
 impl fmt::Debug for SecretSource {
@@ -55,44 +73,49 @@ impl SecretSource {
             SecretSource::Env(name) => format!("env {name}"),
             SecretSource::File(path) => format!("file {}", path.display()),
             SecretSource::Command(argv) => format!("command {argv:?}"),
+            SecretSource::Keyring { service, account } => format!("keyring {service}/{account}"),
         }
     }
 
-    /// Reads the secret.
+    /// Reads the secret (its first line).
     pub fn resolve(&self) -> Result<SecretString> {
-        match self {
-            SecretSource::Literal(s) => Ok(s.clone()),
-            SecretSource::Env(name) => match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
-                Ok(_) => Err(Error::config(format!(
-                    "environment variable {name} is empty"
-                ))),
-                Err(_) => Err(Error::config(format!(
-                    "environment variable {name} is not set"
-                ))),
-            },
+        self.read(Shape::Line)
+    }
+
+    /// Reads the value in `shape`.
+    pub fn read(&self, shape: Shape) -> Result<SecretString> {
+        let value = match self {
+            SecretSource::Literal(s) => return Ok(s.clone()),
+            SecretSource::Env(name) => std::env::var(name)
+                .map_err(|_| Error::config(format!("environment variable {name} is not set")))?,
             SecretSource::File(path) => {
                 let path = expand_home(path);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
+                std::fs::read_to_string(&path).map_err(|e| {
                     Error::config(format!("cannot read secret file {}: {e}", path.display()))
-                })?;
-                let first = text.lines().next().unwrap_or("").trim();
-                if first.is_empty() {
-                    return Err(Error::config(format!(
-                        "secret file {} is empty",
-                        path.display()
-                    )));
-                }
-                Ok(SecretString::from(first.to_owned()))
+                })?
             }
-            SecretSource::Command(argv) => run_command(argv),
+            SecretSource::Command(argv) => return run_command(argv),
+            SecretSource::Keyring { service, account } => keyring_get(service, account)?,
+        };
+        let value = match shape {
+            Shape::Line => value.lines().next().unwrap_or("").trim(),
+            Shape::Whole => value.trim(),
+        };
+        if value.is_empty() {
+            return Err(Error::config(format!("{} is empty", self.describe())));
         }
+        Ok(SecretString::from(value.to_owned()))
     }
 
     /// Reads the secret from async code: a command runs on the runtime's blocking pool, so a slow one (it may
     /// take up to its 10 s limit, e.g. a password manager asking for a PIN) does not stall other requests served
     /// by the same runtime thread. Other sources are read in place.
     pub async fn resolve_async(&self) -> Result<SecretString> {
+        self.read_async(Shape::Line).await
+    }
+
+    /// [`SecretSource::read`] from async code (see [`SecretSource::resolve_async`]).
+    pub async fn read_async(&self, shape: Shape) -> Result<SecretString> {
         match self {
             SecretSource::Command(argv) => {
                 let argv = argv.clone();
@@ -100,30 +123,169 @@ impl SecretSource {
                     .await
                     .map_err(|e| Error::internal(format!("secret command task: {e}")))?
             }
-            _ => self.resolve(),
+            _ => self.read(shape),
         }
     }
 
-    /// What identifies this secret in a cache key: a hash of the value for literal, env and file
-    /// sources, the argv for a command (so a warm cache hit never runs the command).
+    /// What identifies this secret in a cache key: a hash of the value for literal, env and file sources, the
+    /// argv for a command and the entry's name for the keyring (so a warm cache hit never runs a command or asks
+    /// a keyring, which may prompt).
     pub fn key_material(&self) -> Result<Vec<u8>> {
+        self.key_material_of(Shape::Line)
+    }
+
+    /// [`SecretSource::key_material`] of the value in `shape`.
+    pub fn key_material_of(&self, shape: Shape) -> Result<Vec<u8>> {
+        let named = |kind: &str, parts: &[&str]| {
+            let mut out = format!("{kind}\0").into_bytes();
+            for a in parts {
+                out.extend_from_slice(a.as_bytes());
+                out.push(0);
+            }
+            out
+        };
         match self {
             SecretSource::Command(argv) => {
-                let mut out = b"command\0".to_vec();
-                for a in argv {
-                    out.extend_from_slice(a.as_bytes());
-                    out.push(0);
-                }
-                Ok(out)
+                let parts: Vec<&str> = argv.iter().map(String::as_str).collect();
+                Ok(named("command", &parts))
             }
+            SecretSource::Keyring { service, account } => Ok(named("keyring", &[service, account])),
             other => {
-                let value = other.resolve()?;
+                let value = other.read(shape)?;
                 let mut out = b"value\0".to_vec();
                 out.extend_from_slice(&Sha256::digest(value.expose_secret().as_bytes()));
                 Ok(out)
             }
         }
     }
+
+    /// Stores `value` in the keyring entry this source names (`broker secret set`).
+    pub fn store(&self, value: &SecretString) -> Result<()> {
+        match self {
+            SecretSource::Keyring { service, account } => {
+                keyring_entry(service, account)?
+                    .set_password(value.expose_secret())
+                    .map_err(|e| keyring_error(service, account, e))
+            }
+            other => Err(Error::usage(format!(
+                "{} is not a keyring entry: only {{ keyring = \"service/account\" }} sources can be set",
+                other.describe()
+            ))),
+        }
+    }
+
+    /// Deletes the keyring entry this source names (`broker secret delete`). Returns whether there was one.
+    pub fn delete(&self) -> Result<bool> {
+        match self {
+            SecretSource::Keyring { service, account } => {
+                match keyring_entry(service, account)?.delete_credential() {
+                    Ok(()) => Ok(true),
+                    #[cfg(feature = "keyring")]
+                    Err(keyring::Error::NoEntry) => Ok(false),
+                    Err(e) => Err(keyring_error(service, account, e)),
+                }
+            }
+            other => Err(Error::usage(format!(
+                "{} is not a keyring entry: only {{ keyring = \"service/account\" }} sources can be deleted",
+                other.describe()
+            ))),
+        }
+    }
+}
+
+/// A subject or actor token of a token exchange (docs/reference.md §8).
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// Read from a secret source, first line.
+    Secret(SecretSource),
+    /// `{ profile = "other" }`: that profile's current token, from the same broker and cache.
+    Profile(String),
+}
+
+impl TokenSource {
+    /// A description for messages and `broker check`, never the value.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::Secret(s) => s.describe(),
+            TokenSource::Profile(p) => format!("profile {p}"),
+        }
+    }
+
+    /// What identifies the token in a cache key: the profile's name, or the source's key material (a hash of a
+    /// file's content, so a new subject token means a new entry).
+    pub fn key_material(&self) -> Result<Vec<u8>> {
+        match self {
+            TokenSource::Secret(s) => s.key_material(),
+            TokenSource::Profile(p) => Ok([b"profile\0".as_slice(), p.as_bytes()].concat()),
+        }
+    }
+}
+
+#[cfg(feature = "keyring")]
+fn keyring_entry(service: &str, account: &str) -> Result<keyring::Entry> {
+    // The kernel keyring store keeps entries in the user's persistent keyring, reached through the session keyring.
+    // A process with no session keyring of its own (a container, a service started without PAM) would fall back to
+    // the user-session keyring, which cannot link the persistent one: join a fresh session keyring first, as
+    // `pam_keyinit` does for a login. A process that has one keeps it.
+    #[cfg(target_os = "linux")]
+    {
+        static JOINED: std::sync::Once = std::sync::Once::new();
+        JOINED.call_once(|| {
+            let _ = linux_keyutils::KeyRing::from_special_id(
+                linux_keyutils::KeyRingIdentifier::Session,
+                true,
+            );
+        });
+    }
+    keyring::Entry::new(service, account).map_err(|e| keyring_error(service, account, e))
+}
+
+#[cfg(feature = "keyring")]
+fn keyring_error(service: &str, account: &str, e: keyring::Error) -> Error {
+    match e {
+        keyring::Error::NoEntry => Error::config(format!(
+            "keyring {service}/{account} has no entry: store one with `broker secret set <profile>`"
+        )),
+        // The crate's messages name the store and the entry, never the value.
+        e => Error::config(format!("keyring {service}/{account}: {e}")),
+    }
+}
+
+#[cfg(feature = "keyring")]
+fn keyring_get(service: &str, account: &str) -> Result<String> {
+    keyring_entry(service, account)?
+        .get_password()
+        .map_err(|e| keyring_error(service, account, e))
+}
+
+#[cfg(not(feature = "keyring"))]
+struct NoKeyring;
+
+#[cfg(not(feature = "keyring"))]
+impl NoKeyring {
+    fn set_password(&self, _: &str) -> Result<()> {
+        Err(Error::config(
+            "this build has no keyring support (feature `keyring`)",
+        ))
+    }
+    fn delete_credential(&self) -> Result<()> {
+        self.set_password("")
+    }
+}
+
+#[cfg(not(feature = "keyring"))]
+fn keyring_entry(_: &str, _: &str) -> Result<NoKeyring> {
+    Ok(NoKeyring)
+}
+
+#[cfg(not(feature = "keyring"))]
+fn keyring_error(_: &str, _: &str, e: Error) -> Error {
+    e
+}
+
+#[cfg(not(feature = "keyring"))]
+fn keyring_get(_: &str, _: &str) -> Result<String> {
+    NoKeyring.set_password("").map(|()| String::new())
 }
 
 /// Expands a leading `~/` to `$HOME/`.

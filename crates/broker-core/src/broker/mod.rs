@@ -215,11 +215,15 @@ impl BrokerBuilder {
         for name in config.profile_names() {
             match config.resolve(name, overrides) {
                 Ok(s) => self = self.settings(s),
-                Err(e) => {
-                    self.profiles.insert(name.to_owned(), Err(e));
-                }
+                Err(e) => self = self.broken(name, e),
             }
         }
+        self
+    }
+
+    /// Registers `profile` as broken: asking for it returns `error`.
+    pub fn broken(mut self, profile: &str, error: Error) -> Self {
+        self.profiles.insert(profile.to_owned(), Err(error));
         self
     }
 
@@ -439,6 +443,13 @@ impl Broker {
     /// The disk cache, if any.
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::provider::ProfileTokens for Broker {
+    async fn token_of(&self, profile: &str) -> Result<Arc<AccessToken>> {
+        self.token(profile, &TokenRequest::default()).await
     }
 }
 

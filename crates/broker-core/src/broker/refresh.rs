@@ -95,6 +95,7 @@ impl Broker {
             let cx = FetchContext {
                 clock: &*self.clock,
                 endpoint_hint: None,
+                tokens: self,
             };
             return self.fetch_with_retry(p, &cx, None, 0).await.map(|(t, _)| t);
         }
@@ -156,6 +157,7 @@ impl Broker {
         let cx = FetchContext {
             clock: &*self.clock,
             endpoint_hint: known.endpoint.as_deref(),
+            tokens: self,
         };
         let outcome = match self
             .fetch_with_retry(p, &cx, previous.as_deref(), streak)

@@ -345,6 +345,7 @@ impl Config {
             config.files.push(file.name.clone());
         }
         config.fingerprint = hex::encode(&hasher.finalize()[..16]);
+        config.check_exchanges()?;
         Ok(config)
     }
 

@@ -18,7 +18,7 @@ use toml::Spanned;
 use url::Url;
 
 use crate::error::{Diagnostic, Error, Result};
-use crate::secret::SecretSource;
+use crate::secret::{SecretSource, TokenSource};
 
 mod load;
 mod resolve;
@@ -32,6 +32,7 @@ mod vocab;
 #[allow(unused_imports)]
 use load::*;
 pub(crate) use resolve::secure_enough;
+pub use resolve::ACCESS_TOKEN_TYPE;
 pub use settings::*;
 use source::*;
 pub use values::*;
@@ -172,12 +173,36 @@ pub struct Settings {
     pub(crate) app: Option<Url>,
     /// Client id source.
     pub(crate) client_id: SecretSource,
-    /// Client secret source.
-    pub(crate) client_secret: SecretSource,
-    /// Where `client_id` and `client_secret` were set (`file:line:col`), for errors of their sources.
-    pub(crate) secret_positions: [String; 2],
+    /// Client secret source (required by the secret methods only).
+    pub(crate) client_secret: Option<SecretSource>,
+    /// Where each secret-source field was set (`file:line:col`), for errors of their sources.
+    pub(crate) positions: Vec<(&'static str, String)>,
     /// Client authentication.
     pub(crate) auth: AuthMethod,
+    /// The grant asked for.
+    pub(crate) grant: Grant,
+    /// `private_key_jwt`: the PEM private key.
+    pub(crate) private_key: Option<SecretSource>,
+    /// The assertion's `kid`.
+    pub(crate) key_id: Option<String>,
+    /// The assertion's algorithm (default: from the key, HS256 for `client_secret_jwt`).
+    pub(crate) signing_alg: Option<SigningAlg>,
+    /// The assertion's `aud`.
+    pub(crate) assertion_audience: AssertionAudience,
+    /// Mutual TLS: the client certificate and its key.
+    pub(crate) client_cert: Option<SecretSource>,
+    /// Mutual TLS: the certificate's private key.
+    pub(crate) client_key: Option<SecretSource>,
+    /// Token exchange: the subject token.
+    pub(crate) subject_token: Option<TokenSource>,
+    /// Token exchange: `subject_token_type`.
+    pub(crate) subject_token_type: String,
+    /// Token exchange: the actor token.
+    pub(crate) actor_token: Option<TokenSource>,
+    /// Token exchange: `actor_token_type`.
+    pub(crate) actor_token_type: Option<String>,
+    /// Token exchange: `requested_token_type`.
+    pub(crate) requested_token_type: Option<String>,
     /// Body encoding.
     pub(crate) body: BodyFormat,
     /// `audience`.
@@ -256,9 +281,65 @@ impl Settings {
         &self.client_id
     }
 
-    /// Client secret source.
-    pub fn client_secret(&self) -> &SecretSource {
-        &self.client_secret
+    /// Client secret source, if the profile has one.
+    pub fn client_secret(&self) -> Option<&SecretSource> {
+        self.client_secret.as_ref()
+    }
+
+    /// The assertion's algorithm, when set (else it comes from the key, or HS256).
+    pub fn signing_alg(&self) -> Option<SigningAlg> {
+        self.signing_alg
+    }
+
+    /// The grant asked for.
+    pub fn grant(&self) -> Grant {
+        self.grant
+    }
+
+    /// Every secret source of the profile by field name (`client_id`, `client_secret`, `private_key`,
+    /// `client_cert`, `client_key`, and the token-exchange sources that are not profiles), with the shape of its
+    /// value.
+    pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource, crate::secret::Shape)> {
+        use crate::secret::Shape::{Line, Whole};
+        let mut out = vec![("client_id", &self.client_id, Line)];
+        for (field, source, shape) in [
+            ("client_secret", &self.client_secret, Line),
+            ("private_key", &self.private_key, Whole),
+            ("client_cert", &self.client_cert, Whole),
+            ("client_key", &self.client_key, Whole),
+        ] {
+            if let Some(s) = source {
+                out.push((field, s, shape));
+            }
+        }
+        for (field, source) in [
+            ("subject_token", &self.subject_token),
+            ("actor_token", &self.actor_token),
+        ] {
+            if let Some(TokenSource::Secret(s)) = source {
+                out.push((field, s, Line));
+            }
+        }
+        out
+    }
+
+    /// The profiles whose tokens this one exchanges (`{ profile = ... }` subject and actor tokens).
+    pub fn profile_tokens(&self) -> impl Iterator<Item = &str> {
+        [&self.subject_token, &self.actor_token]
+            .into_iter()
+            .filter_map(|t| match t {
+                Some(TokenSource::Profile(p)) => Some(p.as_str()),
+                _ => None,
+            })
+    }
+
+    /// Where `field` was set (`file:line:col`), if it was.
+    pub fn position(&self, field: &str) -> Option<&str> {
+        self.positions
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, at)| at.as_str())
+            .filter(|at| !at.is_empty())
     }
 
     /// Header template.

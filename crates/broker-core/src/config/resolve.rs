@@ -5,6 +5,23 @@ use super::*;
 impl Config {
     /// Resolves a profile: precedence, environment, defaults, validation.
     pub fn resolve(&self, name: &str, overrides: &Overrides) -> Result<Settings> {
+        let (def, provider_name, environment, mut f) = self.layered(name)?;
+        if let Some(v) = overrides.min_ttl {
+            f.min_ttl = Located::from_command_line(v);
+        }
+        if let Some(v) = &overrides.scope {
+            f.scope = Located::from_command_line(v.clone());
+        }
+        if let Some(v) = &overrides.audience {
+            f.audience = Located::from_command_line(v.clone());
+        }
+        settle(name, def, provider_name, environment, f)
+    }
+
+    /// A profile's fields with the layers of the files overlaid (provider, environment, `[defaults]`, profile),
+    /// with its provider's name and canonical environment.
+    #[allow(clippy::type_complexity)]
+    fn layered(&self, name: &str) -> Result<(&ProfileDef, Option<String>, Option<String>, Fields)> {
         let def = self
             .profiles
             .get(name)
@@ -62,16 +79,85 @@ impl Config {
         }
         f.overlay(&self.defaults);
         f.overlay(&def.fields);
-        if let Some(v) = overrides.min_ttl {
-            f.min_ttl = Located::from_command_line(v);
+        Ok((def, provider_name, environment, f))
+    }
+
+    /// Every `{ profile = ... }` subject or actor token names a profile, and no profile's token depends on itself
+    /// (docs/reference.md §8): checked when the files are loaded, so a cycle never reaches a fetch.
+    pub(super) fn check_exchanges(&self) -> Result<()> {
+        let names_profile = |f: &Fields| {
+            [&f.subject_token, &f.actor_token]
+                .into_iter()
+                .flatten()
+                .any(|t| matches!(t.value, TokenSource::Profile(_)))
+        };
+        let anywhere = names_profile(&self.defaults)
+            || self.profiles.values().any(|p| names_profile(&p.fields))
+            || self.providers.values().any(|p| {
+                names_profile(&p.fields)
+                    || p.environments.values().any(|e| names_profile(&e.fields))
+            });
+        if !anywhere {
+            return Ok(());
         }
-        if let Some(v) = &overrides.scope {
-            f.scope = Located::from_command_line(v.clone());
+        // Edges: profile -> (profile whose token it exchanges, where that is written).
+        let mut edges: BTreeMap<&str, Vec<(String, Origin)>> = BTreeMap::new();
+        for name in self.profiles.keys() {
+            let Ok((_, _, _, f)) = self.layered(name) else {
+                continue; // reported when the profile is resolved
+            };
+            if val(&f.grant) != Some(Grant::TokenExchange) {
+                continue;
+            }
+            for t in [&f.subject_token, &f.actor_token].into_iter().flatten() {
+                if let TokenSource::Profile(other) = &t.value {
+                    if !self.profiles.contains_key(other) {
+                        let names: Vec<&str> = self.profile_names().collect();
+                        let hint = closest(other, names.iter().copied())
+                            .map(|c| format!("did you mean `{c}`?"));
+                        return Err(t.origin.error(
+                            format!("profile `{name}` exchanges the token of profile `{other}`, which does not exist"),
+                            hint,
+                        ));
+                    }
+                    edges
+                        .entry(name)
+                        .or_default()
+                        .push((other.clone(), t.origin.clone()));
+                }
+            }
         }
-        if let Some(v) = &overrides.audience {
-            f.audience = Located::from_command_line(v.clone());
+        // Depth-first from each profile; a profile met again on the current path closes a cycle.
+        fn visit<'a>(
+            at: &'a str,
+            edges: &'a BTreeMap<&str, Vec<(String, Origin)>>,
+            path: &mut Vec<&'a str>,
+            done: &mut std::collections::BTreeSet<&'a str>,
+        ) -> Result<()> {
+            if done.contains(at) {
+                return Ok(());
+            }
+            path.push(at);
+            for (next, origin) in edges.get(at).into_iter().flatten() {
+                if let Some(i) = path.iter().position(|p| p == next) {
+                    let mut cycle: Vec<&str> = path[i..].to_vec();
+                    cycle.push(next);
+                    return Err(origin.error(
+                        format!("token exchange cycle: {}", cycle.join(" -> ")),
+                        Some("a profile cannot exchange a token that depends on its own".into()),
+                    ));
+                }
+                visit(next, edges, path, done)?;
+            }
+            path.pop();
+            done.insert(at);
+            Ok(())
         }
-        settle(name, def, provider_name, environment, f)
+        let mut done = std::collections::BTreeSet::new();
+        for name in edges.keys() {
+            visit(name, &edges, &mut Vec::new(), &mut done)?;
+        }
+        Ok(())
     }
 }
 
@@ -139,6 +225,96 @@ fn check_urls(f: &Fields) -> Result<bool> {
     Ok(allow_http)
 }
 
+/// `urn:ietf:params:oauth:token-type:access_token`, the default `subject_token_type` (docs/reference.md §8).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The fields `auth` and `grant` need are there, and agree with each other (docs/reference.md §8).
+fn check_credentials(
+    auth: AuthMethod,
+    grant: Grant,
+    f: &Fields,
+    missing: &dyn Fn(&str, &str) -> Error,
+) -> Result<()> {
+    let method = auth.as_str();
+    if auth.uses_secret() && f.client_secret.is_none() {
+        return Err(missing(
+            "client_secret",
+            &format!("`auth = \"{method}\"` signs or sends the client secret: add `client_secret = {{ env = \"MY_CLIENT_SECRET\" }}`, or choose another `auth`"),
+        ));
+    }
+    if auth == AuthMethod::PrivateKeyJwt && f.private_key.is_none() {
+        return Err(missing(
+            "private_key",
+            "`auth = \"private_key_jwt\"` signs with a private key: add `private_key = { file = \"~/.config/broker/key.pem\" }`",
+        ));
+    }
+    if auth.uses_tls() {
+        for field in ["client_cert", "client_key"] {
+            let set = if field == "client_cert" {
+                &f.client_cert
+            } else {
+                &f.client_key
+            };
+            if set.is_none() {
+                return Err(missing(
+                    field,
+                    &format!(
+                        "`auth = \"{method}\"` needs `client_cert` and `client_key` (PEM files)"
+                    ),
+                ));
+            }
+        }
+        if let Some(u) = f.token_url.as_ref().filter(|u| u.value.scheme() != "https") {
+            return Err(u.origin.error(
+                format!("`auth = \"{method}\"` authenticates with TLS: the token endpoint must be https://"),
+                None,
+            ));
+        }
+    }
+    if let Some(alg) = &f.signing_alg {
+        let fits = match auth {
+            AuthMethod::ClientSecretJwt => alg.value.is_hmac(),
+            AuthMethod::PrivateKeyJwt => !alg.value.is_hmac(),
+            _ => true,
+        };
+        if !fits {
+            return Err(alg.origin.error(
+                format!(
+                    "`signing_alg = \"{}\"` does not fit `auth = \"{method}\"`",
+                    alg.value.as_str()
+                ),
+                Some(if auth == AuthMethod::ClientSecretJwt {
+                    "client_secret_jwt signs with the secret: HS256, HS384 or HS512".into()
+                } else {
+                    "private_key_jwt signs with the key: RS256, PS256, ES256, ES384, EdDSA, ..."
+                        .into()
+                }),
+            ));
+        }
+    }
+    if let Some(a) = f
+        .assertion_audience
+        .as_ref()
+        .filter(|a| a.value == AssertionAudience::Issuer)
+    {
+        let keycloak =
+            val(&f.kind) == Some(Kind::Keycloak) && f.auth_server.is_some() && f.realm.is_some();
+        if f.issuer.is_none() && !keycloak {
+            return Err(a.origin.error(
+                "`assertion_audience = \"issuer\"` needs `issuer` (or a Keycloak `auth_server` and `realm`)",
+                None,
+            ));
+        }
+    }
+    if grant == Grant::TokenExchange && f.subject_token.is_none() {
+        return Err(missing(
+            "subject_token",
+            "`grant = \"token_exchange\"` exchanges a token: add `subject_token = { file = \"...\" }` or `subject_token = { profile = \"other\" }`",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn settle(
     name: &str,
     def: &ProfileDef,
@@ -160,20 +336,36 @@ pub(super) fn settle(
     })?;
     check_endpoint(kind, &f, &missing)?;
     let allow_http = check_urls(&f)?;
-    let secret_positions = [&f.client_id, &f.client_secret]
-        .map(|l| l.as_ref().map_or_else(String::new, |l| l.origin.position()));
     let client_id = val(&f.client_id).ok_or_else(|| {
         missing(
             "client_id",
             "add `client_id = { env = \"MY_CLIENT_ID\" }` to the profile",
         )
     })?;
-    let client_secret = val(&f.client_secret).ok_or_else(|| {
-        missing(
-            "client_secret",
-            "add `client_secret = { env = \"MY_CLIENT_SECRET\" }` to the profile",
-        )
-    })?;
+    let auth = val(&f.auth).unwrap_or(AuthMethod::ClientSecretPost);
+    let grant = val(&f.grant).unwrap_or(Grant::ClientCredentials);
+    check_credentials(auth, grant, &f, &missing)?;
+    let positions = [
+        ("client_id", &f.client_id),
+        ("client_secret", &f.client_secret),
+        ("private_key", &f.private_key),
+        ("client_cert", &f.client_cert),
+        ("client_key", &f.client_key),
+    ]
+    .into_iter()
+    .map(|(n, l)| (n, l.as_ref().map(|l| l.origin.position())))
+    .chain([
+        (
+            "subject_token",
+            f.subject_token.as_ref().map(|l| l.origin.position()),
+        ),
+        (
+            "actor_token",
+            f.actor_token.as_ref().map(|l| l.origin.position()),
+        ),
+    ])
+    .filter_map(|(n, at)| Some((n, at?)))
+    .collect();
     Ok(Settings {
         profile: name.to_owned(),
         provider,
@@ -187,9 +379,26 @@ pub(super) fn settle(
         api: val(&f.api),
         app: val(&f.app),
         client_id,
-        client_secret,
-        secret_positions,
-        auth: val(&f.auth).unwrap_or(AuthMethod::ClientSecretPost),
+        client_secret: if auth.uses_secret() {
+            val(&f.client_secret)
+        } else {
+            None
+        },
+        positions,
+        auth,
+        grant,
+        private_key: val(&f.private_key).filter(|_| auth == AuthMethod::PrivateKeyJwt),
+        key_id: val(&f.key_id),
+        signing_alg: val(&f.signing_alg),
+        assertion_audience: val(&f.assertion_audience).unwrap_or(AssertionAudience::TokenEndpoint),
+        client_cert: val(&f.client_cert).filter(|_| auth.uses_tls()),
+        client_key: val(&f.client_key).filter(|_| auth.uses_tls()),
+        subject_token: val(&f.subject_token).filter(|_| grant == Grant::TokenExchange),
+        subject_token_type: val(&f.subject_token_type)
+            .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_owned()),
+        actor_token: val(&f.actor_token).filter(|_| grant == Grant::TokenExchange),
+        actor_token_type: val(&f.actor_token_type),
+        requested_token_type: val(&f.requested_token_type),
         body: val(&f.body).unwrap_or(if kind == Kind::Auth0 {
             BodyFormat::Json
         } else {

@@ -79,8 +79,14 @@ impl Settings {
             ("api", url(&self.api)),
             ("app", url(&self.app)),
             ("client_id", self.client_id.describe()),
-            ("client_secret", self.client_secret.describe()),
+            (
+                "client_secret",
+                self.client_secret
+                    .as_ref()
+                    .map_or_else(|| "-".into(), SecretSource::describe),
+            ),
             ("auth", self.auth.as_str().into()),
+            ("grant", self.grant.as_str().into()),
             ("body", self.body.as_str().into()),
             ("audience", opt(&self.audience)),
             ("scope", opt(&self.scope)),
@@ -113,6 +119,71 @@ impl Settings {
                 },
             ),
         ]
+        .into_iter()
+        .chain(self.describe_credentials())
+        .collect()
+    }
+
+    /// The rows of the authentication and exchange fields that are set: sources, never material.
+    fn describe_credentials(&self) -> Vec<(&'static str, String)> {
+        let mut rows = Vec::new();
+        for (field, source) in [
+            ("private_key", &self.private_key),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            if let Some(s) = source {
+                rows.push((field, s.describe()));
+            }
+        }
+        if self.auth == AuthMethod::PrivateKeyJwt || self.auth == AuthMethod::ClientSecretJwt {
+            rows.push((
+                "signing_alg",
+                self.signing_alg
+                    .map_or_else(|| "from the key".into(), |a| a.as_str().into()),
+            ));
+            rows.push(("key_id", self.key_id.clone().unwrap_or_else(|| "-".into())));
+            rows.push((
+                "assertion_audience",
+                self.assertion_audience.as_str().into(),
+            ));
+        }
+        if self.grant == Grant::TokenExchange {
+            let token = |t: &Option<TokenSource>| {
+                t.as_ref().map_or_else(|| "-".into(), TokenSource::describe)
+            };
+            rows.push(("subject_token", token(&self.subject_token)));
+            rows.push(("subject_token_type", self.subject_token_type.clone()));
+            if self.actor_token.is_some() {
+                rows.push(("actor_token", token(&self.actor_token)));
+                rows.push((
+                    "actor_token_type",
+                    self.actor_token_type
+                        .clone()
+                        .unwrap_or_else(|| ACCESS_TOKEN_TYPE.into()),
+                ));
+            }
+            if let Some(r) = &self.requested_token_type {
+                rows.push(("requested_token_type", r.clone()));
+            }
+        }
+        rows
+    }
+
+    /// The issuer identifier an `assertion_audience = "issuer"` assertion names: `issuer`, else the Keycloak
+    /// realm's (`{auth_server}[/auth]/realms/{realm}`).
+    pub(crate) fn assertion_issuer(&self) -> Option<String> {
+        if let Some(i) = &self.issuer {
+            return Some(i.to_string());
+        }
+        match (&self.auth_server, &self.realm) {
+            (Some(server), Some(realm)) if self.kind == Kind::Keycloak => Some(
+                keycloak_token_url(server, realm, self.legacy_path)
+                    .trim_end_matches("/protocol/openid-connect/token")
+                    .to_owned(),
+            ),
+            _ => None,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ impl SourceFile {
     }
 
     /// An error pointing at `span` in this file: its [`Diagnostic`] carries the line (with the values of
-    /// `client_secret`, `client_id` and `private_key` literals replaced by `[redacted]`) and the hint.
+    /// [`SECRET_KEYS`] literals replaced by `[redacted]`) and the hint.
     pub fn error(
         &self,
         span: Range<usize>,
@@ -57,7 +57,14 @@ impl SourceFile {
 }
 
 /// Keys whose literal values never appear in an error's source excerpt.
-pub(super) const SECRET_KEYS: [&str; 3] = ["client_secret", "client_id", "private_key"];
+pub(super) const SECRET_KEYS: [&str; 6] = [
+    "client_secret",
+    "client_id",
+    "private_key",
+    "client_key",
+    "subject_token",
+    "actor_token",
+];
 
 /// `line` with the string value of every [`SECRET_KEYS`] literal replaced by `[redacted]` (to the end of the line
 /// when its closing quote is missing), and the caret (0-based column and width, in characters) moved to match.

@@ -240,15 +240,52 @@ pub(super) fn p_kind(cx: &Ctx, key: &str, v: &Val) -> Result<Kind> {
 }
 
 pub(super) fn p_auth(cx: &Ctx, key: &str, v: &Val) -> Result<AuthMethod> {
+    p_choice(cx, key, v, &AuthMethod::ALL)
+}
+
+pub(super) fn p_grant(cx: &Ctx, key: &str, v: &Val) -> Result<Grant> {
     p_choice(
         cx,
         key,
         v,
         &[
-            ("client_secret_post", AuthMethod::ClientSecretPost),
-            ("client_secret_basic", AuthMethod::ClientSecretBasic),
+            ("client_credentials", Grant::ClientCredentials),
+            ("token_exchange", Grant::TokenExchange),
         ],
     )
+}
+
+pub(super) fn p_signing_alg(cx: &Ctx, key: &str, v: &Val) -> Result<SigningAlg> {
+    p_choice(cx, key, v, &SigningAlg::ALL)
+}
+
+pub(super) fn p_assertion_audience(cx: &Ctx, key: &str, v: &Val) -> Result<AssertionAudience> {
+    p_choice(
+        cx,
+        key,
+        v,
+        &[
+            ("token_endpoint", AssertionAudience::TokenEndpoint),
+            ("issuer", AssertionAudience::Issuer),
+        ],
+    )
+}
+
+/// A subject or actor token: `{ profile = "other" }`, or any secret source.
+pub(super) fn p_token_source(cx: &Ctx, key: &str, v: &Val) -> Result<TokenSource> {
+    if let Some(t) = v.get_ref().as_table() {
+        if let Some((_, val)) = t.iter().next().filter(|(k, _)| k.get_ref() == "profile") {
+            if t.len() > 1 {
+                return Err(cx.err(
+                    v.span(),
+                    format!("`{key}` must name exactly one source"),
+                    None,
+                ));
+            }
+            return Ok(TokenSource::Profile(p_str(cx, "profile", val)?));
+        }
+    }
+    p_secret(cx, key, v).map(TokenSource::Secret)
 }
 
 pub(super) fn p_body(cx: &Ctx, key: &str, v: &Val) -> Result<BodyFormat> {
@@ -285,7 +322,7 @@ pub(super) fn p_params(cx: &Ctx, key: &str, v: &Val) -> Result<BTreeMap<String, 
 pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
     match v.get_ref() {
         DeValue::String(s) => {
-            if key == "client_secret" {
+            if SECRET_KEYS.contains(&key) && key != "client_id" {
                 cx.literal_secret.set(true);
             }
             Ok(SecretSource::Literal(SecretString::from(s.to_string())))
@@ -296,7 +333,7 @@ pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
                 return Err(cx.err(
                     v.span(),
                     format!("`{key}` must name exactly one source"),
-                    Some("{ env = \"NAME\" }, { file = \"PATH\" } or { command = [\"prog\", \"arg\"] }".into()),
+                    Some("{ env = \"NAME\" }, { file = \"PATH\" }, { command = [\"prog\", \"arg\"] } or { keyring = \"service/account\" }".into()),
                 ));
             };
             match k.get_ref().as_ref() {
@@ -316,7 +353,27 @@ pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
                     }
                     Ok(SecretSource::Command(argv))
                 }
-                _ => Err(cx.unknown_key(k, &["env", "file", "command"], "a secret source")),
+                "keyring" => {
+                    let name = cx.string("keyring", val)?;
+                    match name.split_once('/') {
+                        Some((service, account)) if !service.is_empty() && !account.is_empty() => {
+                            Ok(SecretSource::Keyring {
+                                service: service.to_owned(),
+                                account: account.to_owned(),
+                            })
+                        }
+                        _ => Err(cx.err(
+                            val.span(),
+                            "`keyring` must be \"service/account\"",
+                            Some("for example { keyring = \"broker/ion-prod\" }".into()),
+                        )),
+                    }
+                }
+                _ => Err(cx.unknown_key(
+                    k,
+                    &["env", "file", "command", "keyring"],
+                    "a secret source",
+                )),
             }
         }
         _ => Err(cx.wrong_type(key, v, "a string or a secret source table")),

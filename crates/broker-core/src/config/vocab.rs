@@ -32,14 +32,154 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// In an `Authorization: Basic` header, each part form-encoded first (RFC 6749 §2.3.1).
     ClientSecretBasic,
+    /// A JWT assertion signed (HS256) with the client secret (RFC 7523 §2.2).
+    ClientSecretJwt,
+    /// A JWT assertion signed with the client's private key (RFC 7523).
+    PrivateKeyJwt,
+    /// A client certificate from a CA the server trusts, over mutual TLS (RFC 8705 §2.1).
+    TlsClientAuth,
+    /// A self-signed client certificate registered with the server, over mutual TLS (RFC 8705 §2.2).
+    SelfSignedTlsClientAuth,
+    /// No client authentication: only `client_id` is sent (public clients).
+    None,
 }
 
 impl AuthMethod {
+    /// Every method, with its TOML name.
+    pub(crate) const ALL: [(&'static str, AuthMethod); 7] = [
+        ("client_secret_post", AuthMethod::ClientSecretPost),
+        ("client_secret_basic", AuthMethod::ClientSecretBasic),
+        ("client_secret_jwt", AuthMethod::ClientSecretJwt),
+        ("private_key_jwt", AuthMethod::PrivateKeyJwt),
+        ("tls_client_auth", AuthMethod::TlsClientAuth),
+        (
+            "self_signed_tls_client_auth",
+            AuthMethod::SelfSignedTlsClientAuth,
+        ),
+        ("none", AuthMethod::None),
+    ];
+
+    /// The name used in TOML.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("", |(n, _)| n)
+    }
+
+    /// Whether the method needs `client_secret`.
+    pub fn uses_secret(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::ClientSecretPost
+                | AuthMethod::ClientSecretBasic
+                | AuthMethod::ClientSecretJwt
+        )
+    }
+
+    /// Whether the method authenticates with a client certificate (`client_cert`, `client_key`).
+    pub fn uses_tls(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth
+        )
+    }
+}
+
+/// The grant a profile asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// `client_credentials` (default).
+    ClientCredentials,
+    /// RFC 8693 token exchange: `subject_token` for a new token.
+    TokenExchange,
+}
+
+impl Grant {
     /// The name used in TOML.
     pub fn as_str(self) -> &'static str {
         match self {
-            AuthMethod::ClientSecretPost => "client_secret_post",
-            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            Grant::ClientCredentials => "client_credentials",
+            Grant::TokenExchange => "token_exchange",
+        }
+    }
+
+    /// The `grant_type` sent.
+    pub fn grant_type(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+}
+
+/// The JWS algorithm of a client assertion (`signing_alg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum SigningAlg {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl SigningAlg {
+    /// Every algorithm, with its JWS name.
+    pub(crate) const ALL: [(&'static str, SigningAlg); 12] = [
+        ("HS256", SigningAlg::HS256),
+        ("HS384", SigningAlg::HS384),
+        ("HS512", SigningAlg::HS512),
+        ("RS256", SigningAlg::RS256),
+        ("RS384", SigningAlg::RS384),
+        ("RS512", SigningAlg::RS512),
+        ("PS256", SigningAlg::PS256),
+        ("PS384", SigningAlg::PS384),
+        ("PS512", SigningAlg::PS512),
+        ("ES256", SigningAlg::ES256),
+        ("ES384", SigningAlg::ES384),
+        ("EdDSA", SigningAlg::EdDSA),
+    ];
+
+    /// The JWS name (`RS256`).
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("", |(n, _)| n)
+    }
+
+    /// Whether it is an HMAC algorithm (for `client_secret_jwt`).
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            SigningAlg::HS256 | SigningAlg::HS384 | SigningAlg::HS512
+        )
+    }
+}
+
+/// The `aud` of a client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAudience {
+    /// The token endpoint URL the assertion is sent to (default).
+    TokenEndpoint,
+    /// The issuer identifier.
+    Issuer,
+}
+
+impl AssertionAudience {
+    /// The name used in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssertionAudience::TokenEndpoint => "token_endpoint",
+            AssertionAudience::Issuer => "issuer",
         }
     }
 }
@@ -142,6 +282,30 @@ fields! {
     client_secret: SecretSource => p_secret,
     /// Client authentication method.
     auth: AuthMethod => p_auth,
+    /// The grant asked for.
+    grant: Grant => p_grant,
+    /// PEM private key for `private_key_jwt` (a `{ file }` is read whole).
+    private_key: SecretSource => p_secret,
+    /// The `kid` of the assertion's header.
+    key_id: String => p_str,
+    /// The assertion's JWS algorithm.
+    signing_alg: SigningAlg => p_signing_alg,
+    /// The assertion's `aud`.
+    assertion_audience: AssertionAudience => p_assertion_audience,
+    /// PEM client certificate for mutual TLS.
+    client_cert: SecretSource => p_secret,
+    /// PEM private key of `client_cert`.
+    client_key: SecretSource => p_secret,
+    /// The token exchanged (`grant = "token_exchange"`): a secret source or `{ profile = "other" }`.
+    subject_token: TokenSource => p_token_source,
+    /// `subject_token_type`.
+    subject_token_type: String => p_str,
+    /// An optional actor token: a secret source or `{ profile = "other" }`.
+    actor_token: TokenSource => p_token_source,
+    /// `actor_token_type`.
+    actor_token_type: String => p_str,
+    /// `requested_token_type`.
+    requested_token_type: String => p_str,
     /// Request body encoding.
     body: BodyFormat => p_body,
     /// `audience` parameter.
