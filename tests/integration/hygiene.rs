@@ -13,6 +13,8 @@ use crate::support::*;
 
 const SECRET: &str = "hygiene-client-secret-5f2a";
 const TOKEN: &str = "hygiene-access-token-9c7e";
+/// A subject token of a token exchange: as secret as the client secret.
+const SUBJECT: &str = "hygiene-subject-token-1d3b";
 
 fn files_containing(dir: &Path, needle: &str, out: &mut Vec<String>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -45,19 +47,61 @@ async fn no_secret_or_token_reaches_stderr_or_any_file_but_the_cache_entry() {
         .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
         .mount(&bad)
         .await;
+    // A hostile provider that refuses every request and echoes the credentials it got back in the error, the
+    // secret ones first (provider text is cut at 300 characters).
+    let echo = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(|req: &wiremock::Request| {
+            let fields: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(&req.body)
+                    .into_owned()
+                    .collect();
+            let echoed: Vec<&str> = ["subject_token", "client_assertion", "client_secret"]
+                .iter()
+                .filter_map(|k| fields.get(*k).map(String::as_str))
+                .collect();
+            ResponseTemplate::new(400).set_body_json(json!({
+                "error": "invalid_grant",
+                "error_description": echoed.join(" "),
+            }))
+        })
+        .mount(&echo)
+        .await;
     let home = Home::new();
     let secret_file = home.path().join("secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_file = home.path().join("key.pem");
+    std::fs::write(&key_file, keygen("p256", "pkcs8").private).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let subject_file = home.path().join("subject");
+    std::fs::write(&subject_file, SUBJECT).unwrap();
+    std::fs::set_permissions(&subject_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_lines = format!(
+        "auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{}\" }}",
+        key_file.display()
+    );
+    let exchange_lines = format!(
+        "grant = \"token_exchange\"\nauth = \"client_secret_jwt\"\nclient_secret = {{ env = \"HYGIENE_SECRET\" }}\nsubject_token = {{ file = \"{}\" }}",
+        subject_file.display()
+    );
     home.config(&format!(
         "[defaults]\nclient_id = \"id\"\nretry = \"0s\"\n\
          [profiles.ok]\nkind = \"oauth2\"\nauth = \"client_secret_basic\"\ntoken_url = \"{}/token\"\nclient_secret = {{ env = \"HYGIENE_SECRET\" }}\n\
          [profiles.viafile]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_secret = {{ file = \"{}\" }}\n\
-         [profiles.bad]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_secret = {{ env = \"HYGIENE_SECRET\" }}\n",
+         [profiles.bad]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_secret = {{ env = \"HYGIENE_SECRET\" }}\n\
+         [profiles.signed]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\n{key_lines}\n\
+         [profiles.signed-echo]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\n{key_lines}\n\
+         [profiles.exchange]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\n{exchange_lines}\n\
+         [profiles.exchange-echo]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\n{exchange_lines}\n",
         ok.uri(),
         ok.uri(),
         secret_file.display(),
-        bad.uri()
+        bad.uri(),
+        ok.uri(),
+        echo.uri(),
+        ok.uri(),
+        echo.uri(),
     ));
     let runs: &[(&[&str], bool)] = &[
         (&["token", "ok"], true),
@@ -68,6 +112,11 @@ async fn no_secret_or_token_reaches_stderr_or_any_file_but_the_cache_entry() {
         (&["token", "viafile", "--no-cache"], true),
         (&["token", "bad"], false),
         (&["token", "bad", "--format", "json"], false),
+        (&["token", "signed", "--no-cache"], true),
+        (&["token", "signed-echo"], false),
+        (&["token", "exchange", "--no-cache"], true),
+        (&["token", "exchange-echo"], false),
+        (&["token", "exchange-echo", "--format", "json"], false),
         (&["token", "missing-profile"], false),
         (&["list"], false),
         (&["check"], false),
@@ -83,10 +132,27 @@ async fn no_secret_or_token_reaches_stderr_or_any_file_but_the_cache_entry() {
                 .output()
                 .unwrap(),
         );
-        assert!(
-            !out.stderr.contains(SECRET),
-            "{args:?}: the secret reached stderr"
-        );
+        for secret in [SECRET, SUBJECT] {
+            assert!(
+                !out.stderr.contains(secret) && !out.stdout.contains(secret),
+                "{args:?}: {secret} reached stderr or stdout: {}",
+                out.stderr
+            );
+        }
+        // Every client assertion the providers saw, sent by any run so far: never on stderr.
+        for server in [&ok, &echo] {
+            for req in server.received_requests().await.unwrap_or_default() {
+                let body = String::from_utf8_lossy(&req.body).into_owned();
+                for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
+                    if k == "client_assertion" {
+                        assert!(
+                            !out.stderr.contains(v.as_ref()),
+                            "{args:?}: the assertion reached stderr"
+                        );
+                    }
+                }
+            }
+        }
         assert!(
             !out.stderr.contains(TOKEN),
             "{args:?}: the token reached stderr"
@@ -119,6 +185,16 @@ async fn no_secret_or_token_reaches_stderr_or_any_file_but_the_cache_entry() {
         vec![secret_file.display().to_string()],
         "the secret was written somewhere"
     );
+    let mut with_subject = Vec::new();
+    files_containing(home.path(), SUBJECT, &mut with_subject);
+    assert_eq!(
+        with_subject,
+        vec![subject_file.display().to_string()],
+        "the subject token was written somewhere"
+    );
+    let echoed = echo.received_requests().await.unwrap_or_default();
+    // Once per echo profile: the repeat of `exchange-echo` is held back by the cool-down after the rejection.
+    assert_eq!(echoed.len(), 2, "the echoing provider was asked");
 }
 
 #[test]

@@ -7,6 +7,8 @@ mod support;
 
 // Conformance against third-party servers: oidc-provider as a Keycloak realm, oauth2-mock-server as Auth0.
 mod conformance;
+// Client authentication without a shared secret, token exchange, keyring secrets, against oidc-provider.
+mod client_auth;
 // Contract §4 classification of token endpoint answers, one wiremock row each.
 mod classification;
 // In-process single flight: 100 concurrent callers, one upstream call; keys do not block each other.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+use serde_json::Value;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_broker");
 
 /// A private home: config, cache and runtime directories in a temp dir, and nothing of the user's.
@@ -209,21 +211,60 @@ pub fn ensure_node_modules() {
     );
 }
 
+/// A PEM key pair made by Node's crypto (`tests/servers/keygen.mjs`): `kind` rsa | p256 | p384 | ed25519, `format`
+/// pkcs1 | sec1 | pkcs8.
+pub struct KeyPem {
+    pub private: String,
+    pub public: String,
+}
+
+pub fn keygen(kind: &str, format: &str) -> KeyPem {
+    ensure_node_modules();
+    let out = std::process::Command::new("node")
+        .arg(servers_dir().join("keygen.mjs"))
+        .args([kind, format])
+        .output()
+        .expect("node keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("keygen json");
+    KeyPem {
+        private: v["private"].as_str().unwrap_or_default().to_owned(),
+        public: v["public"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
 /// A third-party OAuth server from npm, running on loopback until dropped.
 pub struct NodeServer {
     child: Child,
     pub port: u16,
+    /// Every port of the `READY` line (a server may listen on more than one).
+    pub ports: Vec<u16>,
 }
 
 impl NodeServer {
-    /// Starts `tests/servers/<script>` with `env` and waits (with a deadline) for its `READY <port>` line.
+    /// Starts `tests/servers/<script>` with `env` and waits (with a deadline) for its `READY <port>...` line.
     pub fn start(script: &str, env: &[(&str, &str)]) -> NodeServer {
+        Self::start_with(script, &[], env)
+    }
+
+    /// [`NodeServer::start`] with arguments for the script.
+    pub fn start_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> NodeServer {
         ensure_node_modules();
         let mut cmd = Command::new("node");
         cmd.arg(servers_dir().join(script))
+            .args(args)
             .current_dir(servers_dir())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            // BROKER_TEST_SERVER_LOGS=1 shows what a server says on stderr, for debugging a test.
+            .stderr(if std::env::var_os("BROKER_TEST_SERVER_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -235,18 +276,24 @@ impl NodeServer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(p) = line.strip_prefix("READY ") {
-                    let _ = tx.send(p.trim().parse::<u16>().ok());
+                    let ports: Option<Vec<u16>> =
+                        p.split_whitespace().map(|p| p.parse().ok()).collect();
+                    let _ = tx.send(ports.filter(|p| !p.is_empty()));
                 }
             }
         });
-        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+        let ports = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Some(p)) => p,
             other => {
                 let _ = child.kill();
                 panic!("{script} did not report READY within 30 s: {other:?}");
             }
         };
-        NodeServer { child, port }
+        NodeServer {
+            child,
+            port: ports[0],
+            ports,
+        }
     }
 
     pub fn base(&self) -> String {
