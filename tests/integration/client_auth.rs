@@ -583,6 +583,35 @@ fn bad_material_is_a_config_error_that_names_the_file() -> TestResult {
         // The same material at fetch time: a config error before any request.
         home.run(["token", "p"]).code(3).stderr_has(&says);
     }
+    // A certificate that ends within a week: check passes, with a warning that says when.
+    let soon = {
+        let key = KeyPair::generate()?;
+        let mut p = params(SAN);
+        // Midnight (UTC) of the day three days from now: two to three days left.
+        let day = humantime::format_rfc3339(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(3 * 86_400),
+        )
+        .to_string();
+        let ymd: Vec<i32> = day[..10]
+            .split('-')
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        p.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
+        let cert = p.self_signed(&key)?;
+        (
+            secret_file(&home, "soon.crt", &cert.pem()),
+            secret_file(&home, "soon.key", &key.serialize_pem()),
+        )
+    };
+    home.config(&format!(
+        "[profiles.p]\n{base}auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}\n",
+        path(&soon.0),
+        path(&soon.1)
+    ));
+    home.run(["check"])
+        .success()
+        .stdout_has("warning: profile `p`: client_cert file")
+        .stdout_has(": renew it");
     // HS256 with a private key is caught when the file is loaded, at its line.
     home.config(&format!(
         "[profiles.p]\n{base}auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{}\" }}\nsigning_alg = \"HS256\"\n",
