@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use broker_core::config::LoadOptions;
-use broker_core::{paths, Broker, Config, Result, Settings};
+use broker_core::shared::SharedCache;
+use broker_core::{paths, Broker, BrokerBuilder, Config, Result, Settings};
 
 /// Load options for the CLI: `--config` (which must exist) over the user defaults.
 pub fn load_options_for(config_flag: Option<&std::path::Path>) -> LoadOptions {
@@ -47,8 +48,8 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// A broker over the user's disk cache serving `settings`, and the profiles whose tokens it exchanges (a
 /// `{ profile = ... }` subject or actor token, and theirs in turn), reporting retries to the status line.
-pub fn broker_for(config: &Config, settings: Settings) -> Broker {
-    let mut b = Broker::builder().observer(crate::feedback::get());
+pub fn broker_for(config: &Config, settings: Settings) -> Result<Broker> {
+    let mut b = with_shared_cache(Broker::builder(), config)?.observer(crate::feedback::get());
     let mut wanted: Vec<String> = settings.profile_tokens().map(str::to_owned).collect();
     let mut seen = vec![settings.profile().to_owned()];
     b = b.settings(settings);
@@ -69,16 +70,25 @@ pub fn broker_for(config: &Config, settings: Settings) -> Broker {
     if let Some(dir) = cache_dir() {
         b = b.disk_cache(dir);
     }
-    b.build()
+    Ok(b.build())
+}
+
+/// `builder` with the config's `[shared_cache]`, if it has one (docs/reference.md §9). Nothing is read or connected
+/// until a local miss needs it.
+pub fn with_shared_cache(builder: BrokerBuilder, config: &Config) -> Result<BrokerBuilder> {
+    Ok(match config.shared_cache() {
+        Some(def) => builder.shared_cache(std::sync::Arc::new(SharedCache::from_config(def)?)),
+        None => builder,
+    })
 }
 
 /// A broker over the user's disk cache serving every profile of `config`.
-pub fn broker_all(config: &Config) -> Broker {
-    let mut b = Broker::builder().config(config, &Default::default());
+pub fn broker_all(config: &Config) -> Result<Broker> {
+    let mut b = with_shared_cache(Broker::builder(), config)?.config(config, &Default::default());
     if let Some(dir) = cache_dir() {
         b = b.disk_cache(dir);
     }
-    b.build()
+    Ok(b.build())
 }
 
 /// Resolves `profile` and gets its token: what every token-printing command does.
@@ -94,7 +104,7 @@ pub fn settings_and_token(
     if no_cache {
         settings = settings.with_cache(broker_core::config::CacheMode::None);
     }
-    let broker = broker_for(&config, settings.clone());
+    let broker = broker_for(&config, settings.clone())?;
     let token = get_token(&broker, profile, req)?;
     Ok((settings, token))
 }

@@ -22,7 +22,7 @@ pub fn run(g: &Globals, cmd: &CacheCommand) -> CmdResult {
         Some(name) => {
             let config = context::load(g)?;
             let settings = config.resolve(name, &Default::default())?;
-            let removed = context::broker_for(&config, settings).clear(name)?;
+            let removed = context::broker_for(&config, settings)?.clear(name)?;
             output::print_stdout(&format!(
                 "{}\n",
                 if removed {

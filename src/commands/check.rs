@@ -22,6 +22,27 @@ pub fn run(g: &Globals) -> CmdResult {
         out.push_str(&format!("  {f}\n"));
     }
     let mut failed = 0;
+    if let Some(def) = config.shared_cache() {
+        out.push_str(&format!(
+            "\n[shared_cache]\n  {:<20} {}\n  {:<20} {}\n",
+            "url",
+            def.shown_url(),
+            "prefix",
+            def.prefix
+        ));
+        match broker_core::shared::SharedCache::read_key(def) {
+            Ok(key) => out.push_str(&format!(
+                "  {:<20} {} ({})\n",
+                "key",
+                def.key.describe(),
+                broker_core::shared::key_fingerprint(&key)
+            )),
+            Err(e) => {
+                failed += 1;
+                out.push_str(&format!("  {}\n", output::error_text(&e).trim_end()));
+            }
+        }
+    }
     let now = SystemTime::now();
     for name in config.profile_names() {
         out.push_str(&format!("\n[profiles.{name}]\n"));

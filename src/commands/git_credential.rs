@@ -77,7 +77,7 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
         // Not ours: say nothing, and git asks the next helper.
         return Ok(());
     }
-    let broker = context::broker_for(&config, settings);
+    let broker = context::broker_for(&config, settings)?;
     let token = context::get_token(&broker, &args.profile, &TokenRequest::default())?;
     let expiry = token
         .expires_at()

@@ -96,7 +96,7 @@ fn token(g: &Globals, args: &Args) -> Result<(), Error> {
         force_refresh: args.force_refresh,
         ..Default::default()
     };
-    let broker = context::broker_for(&config, settings.clone());
+    let broker = context::broker_for(&config, settings.clone())?;
     let token = context::get_token(&broker, &args.profile, &req)?;
     output::print_stdout(&output::render(
         args.format,

@@ -217,8 +217,9 @@ pub(super) async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_js
 }
 
 pub(super) async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        daemon.metrics.render(),
-    )
+    let mut text = daemon.metrics.render();
+    if let Some(shared) = daemon.loaded().broker.shared_cache() {
+        super::metrics::render_shared(&mut text, shared.stats());
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text)
 }

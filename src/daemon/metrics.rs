@@ -218,3 +218,43 @@ impl Observer for Metrics {
         });
     }
 }
+
+/// The shared cache's metrics (docs/daemon-api.md): up, and its hits, misses, errors and lock waits.
+pub fn render_shared(out: &mut String, stats: &broker_core::shared::SharedStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let up = u8::from(stats.up.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP broker_shared_cache_up Whether the shared cache (Redis) answered its last command.\n\
+         # TYPE broker_shared_cache_up gauge\nbroker_shared_cache_up {up}"
+    );
+    for (name, help, n) in [
+        (
+            "hits",
+            "Local misses answered by the shared cache.",
+            &stats.hits,
+        ),
+        (
+            "misses",
+            "Local misses the shared cache could not answer.",
+            &stats.misses,
+        ),
+        (
+            "errors",
+            "Shared cache commands that failed or were late.",
+            &stats.errors,
+        ),
+        (
+            "lock_waits",
+            "Fetches that waited for another host's.",
+            &stats.lock_waits,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP broker_shared_cache_{name}_total {help}\n# TYPE broker_shared_cache_{name}_total counter\n\
+             broker_shared_cache_{name}_total {}",
+            n.load(Relaxed)
+        );
+    }
+}

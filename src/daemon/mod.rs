@@ -133,7 +133,7 @@ fn load(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Er
             settings.insert(name.to_owned(), Served::from(&s));
         }
     }
-    let mut b = Broker::builder()
+    let mut b = context::with_shared_cache(Broker::builder(), &config)?
         .observer(metrics.clone())
         .config(&config, &Default::default());
     if let Some(dir) = context::cache_dir() {
@@ -278,13 +278,26 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
     }
     let refresher = tokio::spawn(refresh::run(daemon.clone()));
     let reload = tokio::spawn(reload_on_hup(daemon.clone(), g.config.clone()));
+    let fleet = tokio::spawn(watch_shared_cache(daemon.clone()));
     tracing::info!("listening on {}", socket.display());
     let served = run_listeners(&daemon, args, listener, tcp).await;
     reload.abort();
     refresher.abort();
+    fleet.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; removed {}", socket.display());
     served
+}
+
+/// Asks the shared cache, if configured, how it is once a second: it keeps `broker_shared_cache_up` true to the
+/// moment, and brings a Redis that went down back into use as soon as it answers (docs/reference.md §9).
+async fn watch_shared_cache(daemon: Arc<Daemon>) {
+    loop {
+        if let Some(shared) = daemon.loaded().broker.shared_cache() {
+            shared.ping().await;
+        }
+        tokio::time::sleep(broker_core::shared::DOWN_FOR).await;
+    }
 }
 
 /// Serves the API on the Unix socket (uid-checked) and on the TCP listener if any (key-checked), each within the

@@ -13,23 +13,28 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::*;
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 impl Daemon {
-    fn start(home: &Home) -> Daemon {
+    pub(crate) fn start(home: &Home) -> Daemon {
         Self::start_with(home, &[], &[])
     }
 
     /// `broker daemon` with extra arguments and environment, waited for (with a deadline) until it answers.
-    fn start_with(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         Self::start_on(home, home.path().join("run/broker/broker.sock"), args, env)
     }
 
     /// [`Daemon::start_with`] on the socket `socket` (passed as `--socket` unless it is the default).
-    fn start_on(home: &Home, socket: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_on(
+        home: &Home,
+        socket: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = home.cmd(["daemon"]);
         if socket != home.path().join("run/broker/broker.sock") {
             cmd.arg("--socket").arg(&socket);
@@ -45,14 +50,14 @@ impl Daemon {
         d
     }
 
-    fn signal(&self, sig: rustix::process::Signal) {
+    pub(crate) fn signal(&self, sig: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0))
             .expect("pid");
         rustix::process::kill_process(pid, sig).expect("kill");
     }
 
     /// A GET over the socket: status, the `Broker-Config` header, body. Status 0 when nothing answers.
-    fn get(&self, path: &str) -> (u16, String, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String, String) {
         let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
             return (0, String::new(), String::new());
         };
@@ -67,7 +72,7 @@ impl Daemon {
         parse_response(&raw)
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         self.get("/metrics").2
     }
 }
@@ -79,7 +84,7 @@ impl Drop for Daemon {
     }
 }
 
-fn parse_response(raw: &str) -> (u16, String, String) {
+pub(crate) fn parse_response(raw: &str) -> (u16, String, String) {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let status = head
         .split_whitespace()
@@ -98,7 +103,7 @@ fn parse_response(raw: &str) -> (u16, String, String) {
 }
 
 /// Polls `cond` every 20 ms until it holds, for at most 30 s.
-fn poll(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn poll(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(30);
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
@@ -124,7 +129,7 @@ fn tcp_get(port: u16, path: &str, key: Option<&str>) -> Option<(u16, String, Str
 }
 
 /// The value of the first metric line starting with `prefix`, 0 when absent.
-fn metric(text: &str, prefix: &str) -> f64 {
+pub(crate) fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -854,7 +859,11 @@ fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
 }
 
 /// A raw GET over the socket: status, the whole head (for headers), body.
-fn get_with_head(socket: &std::path::Path, path: &str, extra: &str) -> (u16, String, String) {
+pub(crate) fn get_with_head(
+    socket: &std::path::Path,
+    path: &str,
+    extra: &str,
+) -> (u16, String, String) {
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
         return (0, String::new(), String::new());
     };

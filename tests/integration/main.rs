@@ -31,6 +31,8 @@ mod integrations;
 mod outages;
 // Attacks by another local user or a hostile provider: planted cache files and endpoints, hostile answers, leaks.
 mod trust;
+// Fleet mode: daemons of several homes sharing one real redis-server.
+mod fleet;
 // The daemon: socket, uid check, single flight, refresh ahead, outage, reload, shutdown, metrics.
 mod daemon;
 // The CLI's other commands, formats, exit codes and config errors.

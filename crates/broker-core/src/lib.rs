@@ -86,6 +86,8 @@ mod kinds;
 pub mod middleware;
 pub mod paths;
 mod provider;
+#[cfg(feature = "shared-cache")]
+pub mod shared;
 
 pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, Status, TokenRequest};
 pub use config::{Config, LoadOptions, Overrides, Settings};

@@ -118,8 +118,8 @@ pub struct TokenRequest {
     pub min_ttl: Option<Duration>,
     /// Ask the provider even if a fresh token is cached.
     pub force_refresh: bool,
-    /// Ask the provider even if a fresh token is cached, but not during a cool-down: for refreshing ahead of
-    /// expiry in the background.
+    /// Ask the provider even if a fresh token is cached, but not during a cool-down, and not when another process or
+    /// host has cached a newer token than this one holds: for refreshing ahead of expiry in the background.
     pub refresh_ahead: bool,
 }
 
@@ -167,10 +167,20 @@ pub struct BrokerBuilder {
     clock: Arc<dyn Clock>,
     http: Option<reqwest::Client>,
     disk: Option<PathBuf>,
+    #[cfg(feature = "shared-cache")]
+    shared: Option<Arc<crate::shared::SharedCache>>,
     profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
 }
 
 impl BrokerBuilder {
+    /// Shares tokens, cool-downs and fetches with a fleet through `shared` (docs/reference.md §9), for profiles
+    /// that cache on disk or in memory. Defaults to none.
+    #[cfg(feature = "shared-cache")]
+    pub fn shared_cache(mut self, shared: Arc<crate::shared::SharedCache>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
     /// Uses `clock` instead of the system clock. Defaults to [`SystemClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -252,6 +262,8 @@ impl BrokerBuilder {
             observer: self.observer,
             clock: self.clock,
             disk: self.disk.map(DiskCache::new),
+            #[cfg(feature = "shared-cache")]
+            shared: self.shared,
             profiles: self.profiles,
             slots: DashMap::new(),
         }
@@ -282,6 +294,8 @@ pub struct Broker {
     observer: Option<Arc<dyn Observer>>,
     clock: Arc<dyn Clock>,
     disk: Option<DiskCache>,
+    #[cfg(feature = "shared-cache")]
+    shared: Option<Arc<crate::shared::SharedCache>>,
     profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
     slots: DashMap<CacheKey, Arc<Slot>>,
 }
@@ -295,6 +309,8 @@ impl Broker {
             clock: Arc::new(SystemClock),
             http: None,
             disk: None,
+            #[cfg(feature = "shared-cache")]
+            shared: None,
             profiles: Map::default(),
         }
     }
@@ -443,6 +459,12 @@ impl Broker {
     /// The disk cache, if any.
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()
+    }
+
+    /// The fleet's shared cache, if any.
+    #[cfg(feature = "shared-cache")]
+    pub fn shared_cache(&self) -> Option<&Arc<crate::shared::SharedCache>> {
+        self.shared.as_ref()
     }
 }
 

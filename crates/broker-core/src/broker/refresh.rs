@@ -79,6 +79,17 @@ pub(super) fn backoff(attempt: u32) -> Duration {
     cap.mul_f64(fastrand::f64())
 }
 
+/// What the fleet's shared cache gave a refresh (docs/reference.md §9).
+#[cfg(feature = "shared-cache")]
+pub(super) enum FromFleet {
+    /// A token another host fetched, which serves this request.
+    Served(Arc<AccessToken>),
+    /// This host holds the fleet lock: it fetches, shares, and releases.
+    Locked,
+    /// No lock to hold (Redis down, a cool-down in force, or the wait ran out): go on as if there were no fleet.
+    Alone,
+}
+
 /// What the disk gave a refresh: a token that serves it, or the key's lock and the entry read under it.
 pub(super) enum FromDisk {
     Served(Arc<AccessToken>),
@@ -135,6 +146,19 @@ impl Broker {
             },
             None => None,
         };
+        #[cfg(feature = "shared-cache")]
+        let mut fleet_lock = false;
+        #[cfg(feature = "shared-cache")]
+        if let Some(shared) = &self.shared {
+            match self
+                .ask_fleet(p, shared, key, slot, disk, req, asked_at, &mut known)
+                .await
+            {
+                FromFleet::Served(t) => return Ok(t),
+                FromFleet::Locked => fleet_lock = true,
+                FromFleet::Alone => {}
+            }
+        }
         let now = self.clock.now();
         let previous = known
             .token
@@ -163,12 +187,41 @@ impl Broker {
             .fetch_with_retry(p, &cx, previous.as_deref(), streak)
             .await
         {
-            Ok((t, endpoint)) => Ok(self.keep(p, key, slot, disk, req, t, endpoint)),
+            Ok((t, endpoint)) => {
+                let t = self.keep(p, key, slot, disk, req, t, endpoint.clone());
+                #[cfg(feature = "shared-cache")]
+                self.share(
+                    key,
+                    Entry {
+                        token: Some((*t).clone()),
+                        endpoint,
+                        cooldown: None,
+                    },
+                )
+                .await;
+                Ok(t)
+            }
             Err(e) => {
+                #[cfg(feature = "shared-cache")]
+                let token = known.token.clone();
                 let e = self.remember_failure(p, key, slot, disk, known, streak, e);
+                #[cfg(feature = "shared-cache")]
+                self.share(
+                    key,
+                    Entry {
+                        token,
+                        endpoint: None,
+                        cooldown: slot.cooldown(),
+                    },
+                )
+                .await;
                 serve_previous(previous, e, self.clock.now())
             }
         };
+        #[cfg(feature = "shared-cache")]
+        if let (true, Some(shared)) = (fleet_lock, &self.shared) {
+            shared.unlock(key).await;
+        }
         slot.publish(outcome.as_ref().err());
         outcome
     }
@@ -235,6 +288,104 @@ impl Broker {
             Some(t) => Ok(FromDisk::Served(t)),
             None => Ok(FromDisk::Locked(lock, entry)),
         }
+    }
+
+    /// The fleet's share before a fetch: a token another host left that serves this request (kept on disk and in
+    /// memory here), else the fleet lock; while another host holds it, its result is awaited (a bounded poll, up to
+    /// the fetch's own time limits). A shared cool-down is merged into `known`, where the caller obeys it.
+    #[cfg(feature = "shared-cache")]
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_fleet(
+        &self,
+        p: &Profile,
+        shared: &crate::shared::SharedCache,
+        key: &CacheKey,
+        slot: &Slot,
+        disk: Option<&DiskCache>,
+        req: &TokenRequest,
+        asked_at: SystemTime,
+        known: &mut Entry,
+    ) -> FromFleet {
+        let deadline = add_saturating(self.clock.now(), p.policy.lock_wait);
+        let mut waited = false;
+        loop {
+            if let Some(e) = shared.read(key, !waited).await {
+                let token = e.token.clone();
+                let endpoint = e.endpoint.clone();
+                *known = merge(std::mem::take(known), e);
+                if let Some(t) = self.adopt(
+                    token,
+                    slot,
+                    self.clock.now(),
+                    req,
+                    p.policy.min_ttl,
+                    asked_at,
+                ) {
+                    if let Some(d) = disk {
+                        let entry = Entry {
+                            token: Some((*t).clone()),
+                            endpoint,
+                            cooldown: None,
+                        };
+                        if let Err(w) = d.write(key, &entry, &p.name) {
+                            tracing::warn!(
+                                "profile `{}`: token not saved to the disk cache: {w}",
+                                p.name
+                            );
+                        }
+                    }
+                    return FromFleet::Served(t);
+                }
+                let now = self.clock.now();
+                if !req.force_refresh && known.cooldown.as_ref().is_some_and(|c| now < c.until) {
+                    return FromFleet::Alone;
+                }
+            }
+            match shared.lock(key, p.policy.lock_wait).await {
+                Some(true) => return FromFleet::Locked,
+                None => return FromFleet::Alone,
+                Some(false) => {}
+            }
+            // Another host is fetching. A caller with a still-valid token gets it now rather than wait on that
+            // fetch (docs/reference.md §4); a background refresh waits for the new one.
+            let now = self.clock.now();
+            if !req.skips_cache() {
+                if let Some(t) = known.token.clone().filter(|t| t.is_valid(now)) {
+                    return FromFleet::Served(Arc::new(t));
+                }
+            }
+            if !waited {
+                shared.waited();
+                waited = true;
+            }
+            if self.clock.now() >= deadline {
+                tracing::warn!(
+                    "profile `{}`: another host's fetch did not finish within {}; fetching here",
+                    p.name,
+                    crate::duration::format(p.policy.lock_wait)
+                );
+                return FromFleet::Alone;
+            }
+            self.clock.sleep(crate::shared::POLL_EVERY).await;
+        }
+    }
+
+    /// Puts what this host learned (a token, or a cool-down with the token still held) into the fleet's cache, for as
+    /// long as it holds.
+    #[cfg(feature = "shared-cache")]
+    async fn share(&self, key: &CacheKey, entry: Entry) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = self.clock.now();
+        let left = |t: SystemTime| t.duration_since(now).unwrap_or_default();
+        let ttl = entry
+            .token
+            .as_ref()
+            .map(|t| left(t.expires_at()))
+            .max(entry.cooldown.as_ref().map(|c| left(c.until)))
+            .unwrap_or_default();
+        shared.write(key, &entry, ttl).await;
     }
 
     /// Keeps a fetched token: clears any cool-down, writes the entry, installs it in the slot, and warns when it is
@@ -390,7 +541,8 @@ impl Broker {
         }
     }
 
-    /// Uses a cached token if it serves this request: fresh, or (for a forced refresh) fetched after we asked.
+    /// Uses a cached token if it serves this request: fresh; for a forced refresh, fetched after we asked; for a
+    /// refresh ahead, also one newer than the token held here (another process or host refreshed first).
     pub(super) fn adopt(
         &self,
         token: Option<AccessToken>,
@@ -401,8 +553,15 @@ impl Broker {
         asked_at: SystemTime,
     ) -> Option<Arc<AccessToken>> {
         let t = token?;
-        let usable = if req.skips_cache() {
+        let usable = if req.force_refresh {
             t.obtained_at() >= asked_at && t.is_valid(now)
+        } else if req.refresh_ahead {
+            // Another process or host refreshed first: a token newer than the one held here is what this refresh
+            // would have fetched.
+            let newer = slot
+                .get()
+                .is_none_or(|held| t.obtained_at() > held.obtained_at());
+            (t.obtained_at() >= asked_at || newer) && t.is_valid(now)
         } else {
             t.is_fresh_for(now, req.min_ttl, min_ttl)
         };

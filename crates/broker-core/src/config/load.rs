@@ -97,6 +97,7 @@ pub(super) fn parse_config_file(
     file: &Arc<SourceFile>,
     defaults: &mut Fields,
     profiles: &mut BTreeMap<String, ProfileDef>,
+    shared_cache: &mut Option<SharedCacheDef>,
 ) -> Result<bool> {
     let doc = parse_toml(file)?;
     let cx = Ctx {
@@ -154,7 +155,14 @@ pub(super) fn parse_config_file(
                     profiles.insert(p.name.clone(), p);
                 }
             }
-            _ => return Err(cx.unknown_key(k, &["defaults", "profiles"], "the config file")),
+            "shared_cache" => *shared_cache = Some(p_shared_cache(&cx, v)?),
+            _ => {
+                return Err(cx.unknown_key(
+                    k,
+                    &["defaults", "profiles", "shared_cache"],
+                    "the config file",
+                ))
+            }
         }
     }
     Ok(cx.literal_secret.get())
@@ -337,7 +345,12 @@ impl Config {
                 config.providers.insert(name.clone(), def);
                 literal
             } else {
-                parse_config_file(file, &mut config.defaults, &mut config.profiles)?
+                parse_config_file(
+                    file,
+                    &mut config.defaults,
+                    &mut config.profiles,
+                    &mut config.shared_cache,
+                )?
             };
             if literal {
                 warn_if_exposed(file);
@@ -362,6 +375,11 @@ impl Config {
     /// The files that were read, in order.
     pub fn files(&self) -> &[String] {
         &self.files
+    }
+
+    /// The `[shared_cache]` table, if the config file has one (docs/reference.md §9).
+    pub fn shared_cache(&self) -> Option<&SharedCacheDef> {
+        self.shared_cache.as_ref()
     }
 
     /// A hash of the loaded files' names and contents.

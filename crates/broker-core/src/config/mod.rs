@@ -142,8 +142,35 @@ pub struct Config {
     providers: BTreeMap<String, ProviderDef>,
     defaults: Fields,
     profiles: BTreeMap<String, ProfileDef>,
+    shared_cache: Option<SharedCacheDef>,
     files: Vec<String>,
     fingerprint: String,
+}
+
+/// The `[shared_cache]` table: a Redis every host of a fleet shares (docs/reference.md §9).
+#[derive(Debug, Clone)]
+pub struct SharedCacheDef {
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://` URL.
+    pub url: String,
+    /// The fleet key: 32 random bytes, base64, from a secret source.
+    pub key: SecretSource,
+    /// Key prefix in Redis; default `broker`.
+    pub prefix: String,
+    /// Where the table is (`file:line:col`), for errors of the key source.
+    pub position: String,
+}
+
+impl SharedCacheDef {
+    /// The URL with any password replaced by `***`, for display.
+    pub fn shown_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
 }
 
 /// A profile's settings after precedence and defaults: what a provider is built from.

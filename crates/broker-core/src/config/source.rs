@@ -57,8 +57,9 @@ impl SourceFile {
 }
 
 /// Keys whose literal values never appear in an error's source excerpt.
-pub(super) const SECRET_KEYS: [&str; 6] = [
+pub(super) const SECRET_KEYS: [&str; 7] = [
     "client_secret",
+    "key", // [shared_cache]'s fleet key
     "client_id",
     "private_key",
     "client_key",

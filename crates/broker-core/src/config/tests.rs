@@ -210,3 +210,30 @@ fn unknown_profile_lists_known_ones() {
         "{e}"
     );
 }
+
+#[test]
+fn shared_cache_tables_are_checked_where_they_are_written() {
+    let ok = load(
+        PROVIDER,
+        "[shared_cache]\nurl = \"redis://:pw@127.0.0.1:6379/0\"\nkey = { env = \"FLEET_KEY\" }\n",
+    )
+    .unwrap();
+    let def = ok.shared_cache().unwrap();
+    assert_eq!(def.prefix, "broker");
+    assert_eq!(def.shown_url(), "redis://:***@127.0.0.1:6379/0");
+    for (text, says) in [
+        (
+            "[shared_cache]\nurl = \"http://x\"\nkey = \"k\"\n",
+            "must be a redis://",
+        ),
+        ("[shared_cache]\nurl = \"redis://x\"\n", "needs `key`"),
+        (
+            "[shared_cache]\nurl = \"redis://x\"\nkey = \"k\"\nprefx = \"a\"\n",
+            "did you mean `prefix`?",
+        ),
+    ] {
+        let e = err(PROVIDER, text);
+        assert!(e.contains(says), "{e}");
+        assert!(e.contains("config.toml:"), "names the file and line: {e}");
+    }
+}

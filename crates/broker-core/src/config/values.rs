@@ -379,3 +379,50 @@ pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
         _ => Err(cx.wrong_type(key, v, "a string or a secret source table")),
     }
 }
+
+/// `[shared_cache]`: `url` (`redis://`, `rediss://`, `redis+unix://`), `key` (a secret source), `prefix`.
+pub(super) fn p_shared_cache(cx: &Ctx, v: &Val) -> Result<SharedCacheDef> {
+    let t = cx.table("shared_cache", v)?;
+    let mut url = None;
+    let mut key = None;
+    let mut prefix = "broker".to_owned();
+    for (k, val) in t.iter() {
+        match k.get_ref().as_ref() {
+            "url" => {
+                let s = cx.string("url", val)?;
+                let parsed = Url::parse(s).map_err(|e| {
+                    cx.err(val.span(), format!("`url` is not a valid URL: {e}"), None)
+                })?;
+                if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                    return Err(cx.err(
+                        val.span(),
+                        "`url` must be a redis://, rediss:// or redis+unix:// URL",
+                        None,
+                    ));
+                }
+                url = Some(s.to_owned());
+            }
+            "key" => key = Some(p_secret(cx, "key", val)?),
+            "prefix" => {
+                prefix = p_str(cx, "prefix", val)?;
+                if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+                    return Err(cx.err(val.span(), "`prefix` must be a non-empty word", None));
+                }
+            }
+            _ => return Err(cx.unknown_key(k, &["url", "key", "prefix"], "[shared_cache]")),
+        }
+    }
+    let need = |what: &str, example: &str| {
+        cx.err(
+            v.span(),
+            format!("[shared_cache] needs `{what}`"),
+            Some(format!("for example {example}")),
+        )
+    };
+    Ok(SharedCacheDef {
+        url: url.ok_or_else(|| need("url", "url = \"redis://127.0.0.1:6379/0\""))?,
+        key: key.ok_or_else(|| need("key", "key = { file = \"/etc/broker/fleet.key\" }"))?,
+        prefix,
+        position: cx.origin(v.span()).position(),
+    })
+}
