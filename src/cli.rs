@@ -113,8 +113,44 @@ pub enum Command {
     DevIssuer(crate::dev_issuer::Args),
 }
 
+/// The hot path's command line: `broker token ...`, parsed by clap from a tree of that one subcommand, so a warm
+/// call does not build every other subcommand's arguments (scripts/bench-cli). Anything it does not accept (help,
+/// a mistake) goes to the whole tree, which gives the usual message.
+#[derive(Parser)]
+#[command(name = "broker")]
+struct TokenLine {
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: TokenOnly,
+}
+
+#[derive(Subcommand)]
+enum TokenOnly {
+    Token(commands::token::Args),
+}
+
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("--version" | "-V") if argv.len() == 2 => {
+            let _ =
+                crate::output::print_stdout(concat!("broker ", env!("CARGO_PKG_VERSION"), "\n"));
+            return ExitCode::SUCCESS;
+        }
+        Some("token") => {
+            if let Ok(TokenLine {
+                config,
+                command: TokenOnly::Token(args),
+            }) = TokenLine::try_parse_from(&argv)
+            {
+                init_logging(false);
+                return exit(commands::token::run(&Globals { config }, &args));
+            }
+        }
+        _ => {}
+    }
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -150,6 +186,11 @@ pub fn run() -> ExitCode {
         Command::Demo => commands::demo::run(),
         Command::DevIssuer(args) => crate::dev_issuer::run(args),
     };
+    exit(result)
+}
+
+/// The exit code of a command's result, with its error shown.
+fn exit(result: crate::context::CmdResult) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported(kind)) => ExitCode::from(kind.exit_code()),
@@ -163,17 +204,30 @@ pub fn run() -> ExitCode {
 
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BROKER_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(if json { "info" } else { "warn" }));
     let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(crate::output::colour())
         .with_target(false);
-    let _ = if json {
-        fmt.json().try_init()
-    } else {
-        fmt.without_time().try_init()
+    let from_env = ["BROKER_LOG", "RUST_LOG"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    // A filter is compiled only when a variable asks for one; otherwise a level suffices.
+    let _ = match (from_env, json) {
+        (true, _) => {
+            let filter = EnvFilter::try_from_env("BROKER_LOG")
+                .or_else(|_| EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| EnvFilter::new(if json { "info" } else { "warn" }));
+            let fmt = fmt.with_env_filter(filter);
+            if json {
+                fmt.json().try_init()
+            } else {
+                fmt.without_time().try_init()
+            }
+        }
+        (false, true) => fmt.with_max_level(tracing::Level::INFO).json().try_init(),
+        (false, false) => fmt
+            .with_max_level(tracing::Level::WARN)
+            .without_time()
+            .try_init(),
     };
 }

@@ -126,16 +126,50 @@ impl Daemon {
 }
 
 fn load(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Error> {
+    let started = std::time::Instant::now();
+    let loaded = load_config(config_flag, metrics);
+    // The parse of a large config (the TOML tree, every profile's layers) is freed by now, but glibc keeps freed pages
+    // that live data sits above; give them back, so the daemon's resident size is what it holds (scripts/bench-daemon).
+    release_freed_memory();
+    let loaded = loaded?;
+    tracing::info!(
+        "loaded {} profiles in {} ms",
+        loaded.names.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(loaded)
+}
+
+/// Asks glibc to return the pages it holds free to the system (`malloc_trim(0)`); nothing elsewhere.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim takes no pointers and has no preconditions; it walks and locks glibc's arenas itself.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
+
+fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Error> {
     let config = Config::load(&context::load_options_for(config_flag))?;
     let mut settings = HashMap::new();
+    let mut b = context::with_shared_cache(Broker::builder(), &config)?.observer(metrics.clone());
+    // Each profile resolved once: its `Served` record and its provider come from the same settings.
     for name in config.profile_names() {
-        if let Ok(s) = config.resolve(name, &Default::default()) {
-            settings.insert(name.to_owned(), Served::from(&s));
+        match config.resolve(name, &Default::default()) {
+            Ok(s) => {
+                settings.insert(name.to_owned(), Served::from(&s));
+                b = b.settings(s);
+            }
+            Err(e) => b = b.broken(name, e),
         }
     }
-    let mut b = context::with_shared_cache(Broker::builder(), &config)?
-        .observer(metrics.clone())
-        .config(&config, &Default::default());
     if let Some(dir) = context::cache_dir() {
         b = b.disk_cache(dir);
     }

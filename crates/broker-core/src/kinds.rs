@@ -83,7 +83,7 @@ pub struct HttpProvider {
     client_id: SecretSource,
     client_secret: Option<SecretSource>,
     /// Where each secret-source field was set, for errors of their sources.
-    positions: Vec<(&'static str, String)>,
+    positions: Vec<(&'static str, crate::config::Origin)>,
     auth: AuthMethod,
     /// What signs client assertions, besides the client secret (docs/reference.md §8).
     assertion: Assertion,
@@ -443,12 +443,8 @@ impl HttpProvider {
         }
     }
 
-    fn position(&self, field: &str) -> Option<&str> {
-        self.positions
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, at)| at.as_str())
-            .filter(|at| !at.is_empty())
+    fn position(&self, field: &str) -> Option<String> {
+        crate::config::position_of(&self.positions, field)
     }
 
     /// The sources of what authenticates this client, by field: what a rejection tells the user to check.

@@ -63,6 +63,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 pub mod clock;
 pub mod config;
 pub mod duration;

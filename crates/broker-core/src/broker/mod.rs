@@ -27,6 +27,9 @@ use crate::kinds::HttpProvider;
 use crate::provider::{FetchContext, Provider};
 use crate::token::{into_token, AccessToken, LifetimeNote, LifetimePolicy, SAME_TOKEN_PAUSE_FLOOR};
 
+/// Shards of the slot map: enough for a daemon's worker threads not to contend.
+const SLOT_SHARDS: usize = 64;
+
 /// Told about every upstream request, for metrics. Defaults to nothing.
 pub trait Observer: Send + Sync + 'static {
     /// A token request to `profile`'s provider finished after `took`: `Ok(())` or the failure's class.
@@ -265,7 +268,9 @@ impl BrokerBuilder {
             #[cfg(feature = "shared-cache")]
             shared: self.shared,
             profiles: self.profiles,
-            slots: DashMap::new(),
+            // A fixed shard count: `DashMap::new()` sizes by `available_parallelism()`, which reads cgroup files on
+            // Linux, a cost every warm CLI call would pay (scripts/bench-cli).
+            slots: DashMap::with_shard_amount(SLOT_SHARDS),
         }
     }
 }

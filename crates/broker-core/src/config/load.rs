@@ -245,10 +245,10 @@ impl Config {
         for (name, text) in &opts.builtin_providers {
             files.push((
                 name.clone(),
-                Arc::new(SourceFile {
-                    name: format!("<built-in>/{name}.toml"),
-                    text: text.clone(),
-                }),
+                Arc::new(SourceFile::new(
+                    format!("<built-in>/{name}.toml"),
+                    text.clone(),
+                )),
                 true,
             ));
         }
@@ -268,10 +268,7 @@ impl Config {
                     let text = read_file(&path)?;
                     files.push((
                         name,
-                        Arc::new(SourceFile {
-                            name: path.display().to_string(),
-                            text,
-                        }),
+                        Arc::new(SourceFile::new(path.display().to_string(), text)),
                         true,
                     ));
                 }
@@ -282,10 +279,7 @@ impl Config {
                 let text = read_file(path)?;
                 files.push((
                     String::new(),
-                    Arc::new(SourceFile {
-                        name: path.display().to_string(),
-                        text,
-                    }),
+                    Arc::new(SourceFile::new(path.display().to_string(), text)),
                     false,
                 ));
             }
@@ -311,20 +305,17 @@ impl Config {
             .map(|(n, t)| {
                 (
                     (*n).to_owned(),
-                    Arc::new(SourceFile {
-                        name: format!("<built-in>/{n}.toml"),
-                        text: (*t).to_owned(),
-                    }),
+                    Arc::new(SourceFile::new(
+                        format!("<built-in>/{n}.toml"),
+                        (*t).to_owned(),
+                    )),
                     true,
                 )
             })
             .collect();
         files.push((
             String::new(),
-            Arc::new(SourceFile {
-                name: "<inline>".into(),
-                text: text.to_owned(),
-            }),
+            Arc::new(SourceFile::new("<inline>".into(), text.to_owned())),
             false,
         ));
         Self::from_sources(files)

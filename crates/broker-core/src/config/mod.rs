@@ -34,6 +34,7 @@ use load::*;
 pub(crate) use resolve::secure_enough;
 pub use resolve::ACCESS_TOKEN_TYPE;
 pub use settings::*;
+pub(crate) use source::Origin;
 use source::*;
 pub use values::*;
 pub use vocab::*;
@@ -147,6 +148,14 @@ pub struct Config {
     fingerprint: String,
 }
 
+/// Where `field` was set in `positions` (`file:line:col`), if in a file.
+pub(crate) fn position_of(positions: &[(&'static str, Origin)], field: &str) -> Option<String> {
+    positions
+        .iter()
+        .find(|(f, o)| *f == field && o.file.is_some())
+        .map(|(_, o)| o.position())
+}
+
 /// The `[shared_cache]` table: a Redis every host of a fleet shares (docs/reference.md §9).
 #[derive(Debug, Clone)]
 pub struct SharedCacheDef {
@@ -202,8 +211,8 @@ pub struct Settings {
     pub(crate) client_id: SecretSource,
     /// Client secret source (required by the secret methods only).
     pub(crate) client_secret: Option<SecretSource>,
-    /// Where each secret-source field was set (`file:line:col`), for errors of their sources.
-    pub(crate) positions: Vec<(&'static str, String)>,
+    /// Where each secret-source field was set, for errors of their sources (shown as `file:line:col` only then).
+    pub(crate) positions: Vec<(&'static str, Origin)>,
     /// Client authentication.
     pub(crate) auth: AuthMethod,
     /// The grant asked for.
@@ -360,13 +369,9 @@ impl Settings {
             })
     }
 
-    /// Where `field` was set (`file:line:col`), if it was.
-    pub fn position(&self, field: &str) -> Option<&str> {
-        self.positions
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, at)| at.as_str())
-            .filter(|at| !at.is_empty())
+    /// Where `field` was set (`file:line:col`), if it was set in a file.
+    pub fn position(&self, field: &str) -> Option<String> {
+        position_of(&self.positions, field)
     }
 
     /// Header template.

@@ -10,16 +10,36 @@ pub(crate) struct SourceFile {
     pub name: String,
     /// The file's contents.
     pub text: String,
+    /// Byte offsets of the line starts, built on the first question (a position is asked for only to show one).
+    pub line_starts: std::sync::OnceLock<Vec<usize>>,
 }
 
 impl SourceFile {
-    /// 1-based line and column of byte offset `at`.
+    /// A file of `text`, shown as `name`.
+    pub(super) fn new(name: String, text: String) -> Self {
+        SourceFile {
+            name,
+            text,
+            line_starts: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// 1-based line and column of byte offset `at`: a binary search of the line starts, so a config of 10,000
+    /// profiles does not scan itself once per position.
     pub(super) fn line_col(&self, at: usize) -> (usize, usize) {
         let at = at.min(self.text.len());
-        let before = &self.text[..at];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        (line, before[line_start..].chars().count() + 1)
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let line = starts.partition_point(|&s| s <= at);
+        let line_start = starts[line - 1];
+        let col = self
+            .text
+            .get(line_start..at)
+            .map_or(0, |s| s.chars().count());
+        (line, col + 1)
     }
 
     /// An error pointing at `span` in this file: its [`Diagnostic`] carries the line (with the values of
