@@ -340,25 +340,43 @@ fn a_new_key_file_is_a_new_cache_entry_and_a_warm_hit_asks_nothing() -> TestResu
     Ok(())
 }
 
-#[test]
-fn tls_client_auth_uses_the_mtls_alias_and_binds_the_token_to_the_certificate() -> TestResult {
-    let fx = Fixture::new();
-    let idp = fx.start();
-    let home = Home::new();
-    let ca = secret_file(&home, "ca.crt", &fx.ca.cert);
+/// A profile per certificate at `endpoint` (an `issuer` or `token_url` line), with `auth` lines, its certificate and
+/// key in 0600 files, trusting the test CA.
+fn mtls_profiles(
+    home: &Home,
+    fx: &Fixture,
+    endpoint: &str,
+    auth: &str,
+    certs: [(&str, &CertPem); 2],
+) -> String {
+    let ca = secret_file(home, "ca.crt", &fx.ca.cert);
     let mut config = String::new();
-    for (name, cert) in [("good", &fx.client), ("rogue", &fx.rogue)] {
-        let c = secret_file(&home, &format!("{name}.crt"), &cert.cert);
-        let k = secret_file(&home, &format!("{name}.key"), &cert.key);
+    for (name, cert) in certs {
+        let c = secret_file(home, &format!("{name}.crt"), &cert.cert);
+        let k = secret_file(home, &format!("{name}.key"), &cert.key);
         config.push_str(&format!(
-            "[profiles.{name}]\nkind = \"oauth2\"\nissuer = \"{}\"\nauth = \"tls_client_auth\"\nclient_id = \"tls-client\"\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}\nca_file = \"{}\"\n\n",
-            issuer(&idp),
+            "[profiles.{name}]\nkind = \"oauth2\"\n{endpoint}\n{auth}\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}\nca_file = \"{}\"\n\n",
             path(&c),
             path(&k),
             path(&ca)
         ));
     }
-    home.config(&config);
+    config
+}
+
+#[test]
+fn tls_client_auth_uses_the_mtls_alias_and_binds_the_token_to_the_certificate() -> TestResult {
+    let fx = Fixture::new();
+    let idp = fx.start();
+    let home = Home::new();
+    // Discovery from the plain-http issuer: only the mutual-TLS alias can take a client certificate.
+    home.config(&mtls_profiles(
+        &home,
+        &fx,
+        &format!("issuer = \"{}\"", issuer(&idp)),
+        "auth = \"tls_client_auth\"\nclient_id = \"tls-client\"",
+        [("good", &fx.client), ("rogue", &fx.rogue)],
+    ));
     let good = home.run(["token", "good"]);
     good.success();
     let bound = claims(&good.token());
@@ -389,20 +407,16 @@ fn self_signed_tls_client_auth_takes_the_registered_certificate_only() -> TestRe
     let fx = Fixture::new();
     let idp = fx.start();
     let home = Home::new();
-    let ca = secret_file(&home, "ca.crt", &fx.ca.cert);
-    let mut config = String::new();
-    for (name, cert) in [("good", &fx.self_signed), ("other", &fx.other_self_signed)] {
-        let c = secret_file(&home, &format!("{name}.crt"), &cert.cert);
-        let k = secret_file(&home, &format!("{name}.key"), &cert.key);
-        config.push_str(&format!(
-            "[profiles.{name}]\nkind = \"oauth2\"\ntoken_url = \"https://127.0.0.1:{}/realms/api-keys/protocol/openid-connect/token\"\nauth = \"self_signed_tls_client_auth\"\nclient_id = \"self-signed-client\"\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}\nca_file = \"{}\"\n\n",
-            idp.ports[1],
-            path(&c),
-            path(&k),
-            path(&ca)
-        ));
-    }
-    home.config(&config);
+    home.config(&mtls_profiles(
+        &home,
+        &fx,
+        &format!(
+            "token_url = \"https://127.0.0.1:{}/realms/api-keys/protocol/openid-connect/token\"",
+            idp.ports[1]
+        ),
+        "auth = \"self_signed_tls_client_auth\"\nclient_id = \"self-signed-client\"",
+        [("good", &fx.self_signed), ("other", &fx.other_self_signed)],
+    ));
     let good = home.run(["token", "good"]);
     good.success();
     assert_eq!(claims(&good.token())["client_id"], "self-signed-client");

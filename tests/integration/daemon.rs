@@ -289,18 +289,7 @@ async fn a_thousand_concurrent_callers_on_a_cold_profile_make_one_upstream_call(
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let socket = socket.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
-                s.write_all(
-                    b"GET /v1/token/p HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let mut raw = String::new();
-                s.read_to_string(&mut raw).await.unwrap();
-                parse_response(&raw)
-            })
+            tokio::spawn(async move { get_async(&socket, "/v1/token/p").await })
         })
         .collect();
     for t in tasks {
@@ -856,6 +845,20 @@ fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
         std::fs::read_to_string(&squatted).ok().as_deref(),
         Some("theirs")
     );
+}
+
+/// A GET over the socket from async code (many at once): status, the `Broker-Config` header, body.
+pub(crate) async fn get_async(socket: &std::path::Path, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    parse_response(&raw)
 }
 
 /// A raw GET over the socket: status, the whole head (for headers), body.

@@ -9,7 +9,7 @@ use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::daemon::{metric, parse_response, poll, Daemon};
+use crate::daemon::{get_async, metric, poll, Daemon};
 use crate::support::*;
 
 const SECRET: &str = "fleet-client-secret-77a1";
@@ -94,18 +94,7 @@ async fn ten_daemons_and_a_thousand_callers_on_a_cold_profile_make_one_upstream_
     let tasks: Vec<_> = (0..1000)
         .map(|i| {
             let socket = daemons[i % daemons.len()].socket.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
-                s.write_all(
-                    b"GET /v1/token/p HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .unwrap();
-                let mut raw = String::new();
-                s.read_to_string(&mut raw).await.unwrap();
-                parse_response(&raw)
-            })
+            tokio::spawn(async move { get_async(&socket, "/v1/token/p").await })
         })
         .collect();
     for t in tasks {

@@ -70,6 +70,30 @@ pub(super) fn serve_previous(
     }
 }
 
+/// Writes `t` (and the endpoint it came from) as the entry of `key`, if `p` caches on disk; a failure is a warning.
+fn save_token(
+    p: &Profile,
+    key: &CacheKey,
+    disk: Option<&DiskCache>,
+    t: &AccessToken,
+    endpoint: Option<String>,
+) {
+    let Some(d) = disk else {
+        return;
+    };
+    let entry = Entry {
+        token: Some(t.clone()),
+        endpoint,
+        cooldown: None,
+    };
+    if let Err(e) = d.write(key, &entry, &p.name) {
+        tracing::warn!(
+            "profile `{}`: token not saved to the disk cache: {e}",
+            p.name
+        );
+    }
+}
+
 /// Full-jitter exponential backoff, uniform in `[0, min(8 s, 250 ms * 2^attempt)]` (the caller cuts it to what is
 /// left of the retry budget).
 pub(super) fn backoff(attempt: u32) -> Duration {
@@ -321,19 +345,7 @@ impl Broker {
                     p.policy.min_ttl,
                     asked_at,
                 ) {
-                    if let Some(d) = disk {
-                        let entry = Entry {
-                            token: Some((*t).clone()),
-                            endpoint,
-                            cooldown: None,
-                        };
-                        if let Err(w) = d.write(key, &entry, &p.name) {
-                            tracing::warn!(
-                                "profile `{}`: token not saved to the disk cache: {w}",
-                                p.name
-                            );
-                        }
-                    }
+                    save_token(p, key, disk, &t, endpoint);
                     return FromFleet::Served(t);
                 }
                 let now = self.clock.now();
@@ -402,19 +414,7 @@ impl Broker {
         endpoint: Option<String>,
     ) -> Arc<AccessToken> {
         *slot.cooldown.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Some(d) = disk {
-            let entry = Entry {
-                token: Some((*t).clone()),
-                endpoint,
-                cooldown: None,
-            };
-            if let Err(e) = d.write(key, &entry, &p.name) {
-                tracing::warn!(
-                    "profile `{}`: token not saved to the disk cache: {e}",
-                    p.name
-                );
-            }
-        }
+        save_token(p, key, disk, &t, endpoint);
         slot.install(Arc::clone(&t));
         let left = t.remaining(self.clock.now());
         if let Some(asked) = req.min_ttl.filter(|m| left <= *m) {
