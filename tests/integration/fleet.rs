@@ -19,15 +19,20 @@ fn fleet_key(byte: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode([byte; 32])
 }
 
-/// A host of the fleet: a home whose config shares `redis` under `key`, with `profiles` (TOML) added.
+/// A host of the fleet: a home whose config shares `redis` under `key`, with `profiles` (TOML) added. Redis gets 2 s
+/// to answer (not the default 50 ms): these tests count upstream calls, and a test machine busy with other tests must
+/// not make a host work alone; `a_redis_that_does_not_answer_fails_no_request` covers the default.
 fn member(redis: &Redis, key: &str, profiles: &str) -> Home {
+    member_at(&redis.url(), key, "timeout = \"2s\"", profiles)
+}
+
+fn member_at(url: &str, key: &str, extra: &str, profiles: &str) -> Home {
     let home = Home::new();
     let key_file = home.path().join("fleet.key");
     std::fs::write(&key_file, key).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     home.config(&format!(
-        "[shared_cache]\nurl = \"{}\"\nkey = {{ file = \"{}\" }}\nprefix = \"fleet\"\n\n{profiles}",
-        redis.url(),
+        "[shared_cache]\nurl = \"{url}\"\nkey = {{ file = \"{}\" }}\nprefix = \"fleet\"\n{extra}\n\n{profiles}",
         key_file.display()
     ));
     home
@@ -347,4 +352,30 @@ async fn refreshes_ahead_of_expiry_make_one_upstream_call_per_lifetime_for_the_f
             "two upstream calls {gap:?} apart: the fleet refreshed one token twice ({times:?})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_does_not_answer_fails_no_request() {
+    // A listener that accepts connections and never says a word: every command runs into the 50 ms default.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/0", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || silent.incoming().take(8).flatten().collect::<Vec<_>>());
+    let server = token_server(Duration::ZERO).await;
+    let home = member_at(&url, &fleet_key(8), "", &profile("p", &server, ""));
+    let d = start(&home);
+    let started = std::time::Instant::now();
+    let (status, token) = token_of(&d, "p");
+    assert_eq!(status, 200, "{token}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held up by Redis: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(asked(&server, "p").await, 1);
+    poll("broker_shared_cache_up 0", || {
+        metric(&d.metrics(), "broker_shared_cache_errors_total") >= 1.0
+    });
+    assert_eq!(metric(&d.metrics(), "broker_shared_cache_up"), 0.0);
+    drop(d);
+    drop(held);
 }

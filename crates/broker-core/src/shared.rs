@@ -19,8 +19,8 @@ use crate::cache::{decode_entry, encode_entry, CacheKey, Entry};
 use crate::config::SharedCacheDef;
 use crate::error::{Error, Result};
 
-/// How long Redis has to answer one command before it counts as down.
-pub const ANSWER_WITHIN: Duration = Duration::from_millis(50);
+/// How long Redis has to answer one command before it counts as down, unless `[shared_cache] timeout` says otherwise.
+pub const ANSWER_WITHIN: Duration = crate::config::DEFAULT_SHARED_CACHE_TIMEOUT;
 /// How long a Redis that failed is left alone before it is tried again (the daemon pings it in the background).
 pub const DOWN_FOR: Duration = Duration::from_secs(1);
 /// How often a host waiting for another host's fetch looks for its result.
@@ -52,6 +52,8 @@ pub struct SharedCache {
     /// The cipher and the key's fingerprint; `None` when the key could not be read (then the fleet is not used).
     cipher: std::sync::OnceLock<Option<(XChaCha20Poly1305, String)>>,
     prefix: String,
+    /// How long one command may take ([`ANSWER_WITHIN`] by default).
+    answer_within: Duration,
     shown_url: String,
     /// This process's lock value, so only the holder deletes a lock.
     owner: String,
@@ -99,6 +101,7 @@ impl SharedCache {
     pub fn from_config(def: &SharedCacheDef) -> Result<Self> {
         let mut s = Self::connect(&def.url, &def.prefix)?;
         s.shown_url = def.shown_url();
+        s.answer_within = def.timeout;
         s.key_source = Some((def.key.clone(), def.position.clone()));
         Ok(s)
     }
@@ -121,6 +124,7 @@ impl SharedCache {
             key_source: None,
             cipher: std::sync::OnceLock::new(),
             prefix: prefix.to_owned(),
+            answer_within: ANSWER_WITHIN,
             shown_url: url.to_owned(),
             owner: hex::encode(owner),
             down_until: Mutex::new(None),
@@ -146,6 +150,7 @@ impl SharedCache {
                     url: String::new(),
                     key: source.clone(),
                     prefix: String::new(),
+                    timeout: ANSWER_WITHIN,
                     position: position.clone(),
                 };
                 match Self::read_key(&def) {
@@ -241,13 +246,14 @@ impl SharedCache {
         F: FnOnce(redis::aio::ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let outcome = tokio::time::timeout(ANSWER_WITHIN, async {
+        let within = self.answer_within;
+        let outcome = tokio::time::timeout(within, async {
             let conn = self
                 .conn
                 .get_or_try_init(|| async {
                     let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(ANSWER_WITHIN))
-                        .set_response_timeout(Some(ANSWER_WITHIN))
+                        .set_connection_timeout(Some(within))
+                        .set_response_timeout(Some(within))
                         .set_number_of_retries(1);
                     redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), config)
                 })
@@ -270,7 +276,7 @@ impl SharedCache {
                     Some(Instant::now() + DOWN_FOR);
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {}ms", ANSWER_WITHIN.as_millis()),
+                    _ => format!("no answer within {}ms", within.as_millis()),
                 };
                 // Logged when it goes down (once, not per request); `up` starts false, so the first failure says it.
                 if self.stats.up.swap(false, Ordering::Relaxed)

@@ -165,6 +165,8 @@ pub struct SharedCacheDef {
     pub key: SecretSource,
     /// Key prefix in Redis; default `broker`.
     pub prefix: String,
+    /// How long Redis has to answer a command before the broker works without it; default 50 ms.
+    pub timeout: Duration,
     /// Where the table is (`file:line:col`), for errors of the key source.
     pub position: String,
 }
@@ -472,5 +474,7 @@ pub const DEFAULT_RETRY: Duration = Duration::from_secs(30);
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 /// Default `max_cooldown`.
 pub const DEFAULT_MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+/// Default `[shared_cache] timeout`: how long Redis has to answer before a host works without it.
+pub const DEFAULT_SHARED_CACHE_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default header template.
 pub const DEFAULT_HEADER: &str = "Authorization: Bearer {token}";

@@ -386,6 +386,7 @@ pub(super) fn p_shared_cache(cx: &Ctx, v: &Val) -> Result<SharedCacheDef> {
     let mut url = None;
     let mut key = None;
     let mut prefix = "broker".to_owned();
+    let mut timeout = DEFAULT_SHARED_CACHE_TIMEOUT;
     for (k, val) in t.iter() {
         match k.get_ref().as_ref() {
             "url" => {
@@ -409,7 +410,14 @@ pub(super) fn p_shared_cache(cx: &Ctx, v: &Val) -> Result<SharedCacheDef> {
                     return Err(cx.err(val.span(), "`prefix` must be a non-empty word", None));
                 }
             }
-            _ => return Err(cx.unknown_key(k, &["url", "key", "prefix"], "[shared_cache]")),
+            "timeout" => timeout = p_duration(cx, "timeout", val)?,
+            _ => {
+                return Err(cx.unknown_key(
+                    k,
+                    &["url", "key", "prefix", "timeout"],
+                    "[shared_cache]",
+                ))
+            }
         }
     }
     let need = |what: &str, example: &str| {
@@ -423,6 +431,7 @@ pub(super) fn p_shared_cache(cx: &Ctx, v: &Val) -> Result<SharedCacheDef> {
         url: url.ok_or_else(|| need("url", "url = \"redis://127.0.0.1:6379/0\""))?,
         key: key.ok_or_else(|| need("key", "key = { file = \"/etc/broker/fleet.key\" }"))?,
         prefix,
+        timeout,
         position: cx.origin(v.span()).position(),
     })
 }
