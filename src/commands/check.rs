@@ -111,19 +111,16 @@ fn check_material(s: &Settings, now: SystemTime) -> Result<Vec<String>, Error> {
             ("client_cert", Shape::Whole) => {
                 let cert = ClientCert::from_pem(pem).map_err(|e| at(format!("is {e}")))?;
                 let end = output::rfc3339(cert.not_after);
-                match cert.not_after.duration_since(now) {
-                    Err(_) => return Err(at(format!("is a certificate that expired {end}"))),
-                    Ok(left) if left < EXPIRY_WARNING => {
-                        let msg = format!(
-                            "profile `{}`: client_cert {} expires {end}, in {}: renew it",
-                            s.profile(),
-                            source.describe(),
-                            broker_core::duration::format(left)
-                        );
-                        tracing::warn!("{msg}");
-                        notes.push(format!("warning: {msg}"));
-                    }
-                    Ok(_) => {}
+                let left = cert.left_at(now).map_err(|e| at(format!("is {e}")))?;
+                if left < EXPIRY_WARNING {
+                    let msg = format!(
+                        "profile `{}`: client_cert {} expires {end}, in {}: renew it",
+                        s.profile(),
+                        source.describe(),
+                        broker_core::duration::format(left)
+                    );
+                    tracing::warn!("{msg}");
+                    notes.push(format!("warning: {msg}"));
                 }
                 notes.push(format!(
                     "client_cert {} until {end}, x5t#S256 {}",

@@ -259,12 +259,27 @@ impl ClientCert {
     }
 }
 
+impl ClientCert {
+    /// How long it is still valid at `now`; an error, saying when it ended, once it has.
+    pub fn left_at(&self, now: SystemTime) -> Result<Duration, String> {
+        match self.not_after.duration_since(now) {
+            Ok(left) if !left.is_zero() => Ok(left),
+            _ => Err(format!(
+                "a certificate that expired {}",
+                humantime::format_rfc3339_seconds(self.not_after)
+            )),
+        }
+    }
+}
+
 /// The rustls identity for mutual TLS: the certificate (chain) and its key, both PEM.
 pub(crate) fn identity(cert_pem: &str, key_pem: &str) -> Result<reqwest::Identity, String> {
     PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| "`client_key` is not a PEM private key".to_owned())?;
-    let both = format!("{}\n{}\n", cert_pem.trim(), key_pem.trim());
-    reqwest::Identity::from_pem(both.as_bytes())
+    // The joined text holds the private key: kept in a SecretString, so it is wiped when dropped.
+    let both = secrecy::SecretString::from(format!("{}\n{}\n", cert_pem.trim(), key_pem.trim()));
+    use secrecy::ExposeSecret;
+    reqwest::Identity::from_pem(both.expose_secret().as_bytes())
         .map_err(|_| "`client_cert` and `client_key` do not make a TLS identity".to_owned())
 }
 

@@ -510,27 +510,9 @@ impl HttpProvider {
             .resolve_async()
             .await
             .map_err(|e| e.context(self.source_context("client_id")))?;
-        let secret = match &self.client_secret {
-            Some(s) => Some(
-                s.resolve_async()
-                    .await
-                    .map_err(|e| e.context(self.source_context("client_secret")))?,
-            ),
-            None => None,
-        };
-        let whole = |field: &'static str, source: &Option<SecretSource>| {
-            let source = source.clone();
-            async move {
-                match source {
-                    Some(s) => s
-                        .read_async(Shape::Whole)
-                        .await
-                        .map(Some)
-                        .map_err(|e| e.context(self.source_context(field))),
-                    None => Ok(None),
-                }
-            }
-        };
+        let secret = self
+            .read("client_secret", self.client_secret.as_ref(), Shape::Line)
+            .await?;
         let material_error = |field: &str, source: &SecretSource, e: String| {
             Error::config(format!(
                 "{} ({}): {e}",
@@ -552,7 +534,8 @@ impl HttpProvider {
                     .private_key
                     .as_ref()
                     .ok_or_else(|| Error::internal("no private_key"))?;
-                let pem = whole("private_key", &self.assertion.private_key)
+                let pem = self
+                    .read("private_key", Some(source), Shape::Whole)
                     .await?
                     .ok_or_else(|| Error::internal("no private_key"))?;
                 Some(
@@ -566,21 +549,21 @@ impl HttpProvider {
             _ => None,
         };
         let (cert, key) = if self.auth.uses_tls() && self.tls_client.get().is_none() {
-            let cert = whole("client_cert", &self.client_cert).await?;
+            let cert = self
+                .read("client_cert", self.client_cert.as_ref(), Shape::Whole)
+                .await?;
             if let (Some(pem), Some(source)) = (&cert, &self.client_cert) {
                 let parsed =
                     crate::credential::ClientCert::from_pem(pem.expose_secret().as_bytes())
                         .map_err(|e| material_error("client_cert", source, format!("is {e}")))?;
-                if parsed.not_after <= cx.clock.now() {
-                    let end = humantime::format_rfc3339_seconds(parsed.not_after);
-                    return Err(material_error(
-                        "client_cert",
-                        source,
-                        format!("is a certificate that expired {end}"),
-                    ));
-                }
+                parsed
+                    .left_at(cx.clock.now())
+                    .map_err(|e| material_error("client_cert", source, format!("is {e}")))?;
             }
-            (cert, whole("client_key", &self.client_key).await?)
+            let key = self
+                .read("client_key", self.client_key.as_ref(), Shape::Whole)
+                .await?;
+            (cert, key)
         } else {
             (None, None)
         };
@@ -602,6 +585,23 @@ impl HttpProvider {
         })
     }
 
+    /// The value of `field` from `source` if it has one, an error naming the field and where it was set.
+    async fn read(
+        &self,
+        field: &str,
+        source: Option<&SecretSource>,
+        shape: Shape,
+    ) -> Result<Option<SecretString>> {
+        match source {
+            Some(s) => s
+                .read_async(shape)
+                .await
+                .map(Some)
+                .map_err(|e| e.context(self.source_context(field))),
+            None => Ok(None),
+        }
+    }
+
     /// A subject or actor token: read from its source, or another profile's current token.
     async fn exchange_token(
         &self,
@@ -611,11 +611,7 @@ impl HttpProvider {
     ) -> Result<Option<SecretString>> {
         match source {
             None => Ok(None),
-            Some(TokenSource::Secret(s)) => s
-                .resolve_async()
-                .await
-                .map(Some)
-                .map_err(|e| e.context(self.source_context(field))),
+            Some(TokenSource::Secret(s)) => self.read(field, Some(s), Shape::Line).await,
             Some(TokenSource::Profile(p)) => {
                 let t = cx.tokens.token_of(p).await.map_err(|e| {
                     e.context(format!("{}: {field} from profile `{p}`", self.label))

@@ -91,6 +91,14 @@ pub fn decode_key(text: &str) -> std::result::Result<[u8; 32], String> {
         .map_err(|b: Vec<u8>| format!("the fleet key is {} bytes; it must be 32", b.len()))
 }
 
+/// The fleet key from `source` (written at `position`): an error names the source and what is wrong, never the key.
+fn read_key(source: &crate::secret::SecretSource, position: &str) -> Result<[u8; 32]> {
+    let context = format!("[shared_cache] key (set at {position})");
+    let text = source.resolve().map_err(|e| e.context(&context))?;
+    decode_key(text.expose_secret())
+        .map_err(|e| Error::config(format!("{context}: {}: {e}", source.describe())))
+}
+
 fn cipher(key: &[u8; 32]) -> (XChaCha20Poly1305, String) {
     (XChaCha20Poly1305::new(key.into()), key_fingerprint(key))
 }
@@ -135,10 +143,7 @@ impl SharedCache {
 
     /// Reads the fleet key from its source: an error names the source and what is wrong (`broker check` shows it).
     pub fn read_key(def: &SharedCacheDef) -> Result<[u8; 32]> {
-        let context = format!("[shared_cache] key (set at {})", def.position);
-        let text = def.key.resolve().map_err(|e| e.context(&context))?;
-        decode_key(text.expose_secret())
-            .map_err(|e| Error::config(format!("{context}: {}: {e}", def.key.describe())))
+        read_key(&def.key, &def.position)
     }
 
     /// The cipher, reading the key on first use; `None` (with a warning, once) when it cannot be read.
@@ -146,14 +151,7 @@ impl SharedCache {
         self.cipher
             .get_or_init(|| {
                 let (source, position) = self.key_source.as_ref()?;
-                let def = SharedCacheDef {
-                    url: String::new(),
-                    key: source.clone(),
-                    prefix: String::new(),
-                    timeout: ANSWER_WITHIN,
-                    position: position.clone(),
-                };
-                match Self::read_key(&def) {
+                match read_key(source, position) {
                     Ok(key) => Some(cipher(&key)),
                     Err(e) => {
                         tracing::warn!("{e}; working without the shared cache");
