@@ -3,7 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use broker_core::credential::{key_algorithm, ClientCert};
+use broker_core::config::AuthMethod;
+use broker_core::credential::{key_algorithm, short_hmac_key, ClientCert};
 use broker_core::secret::{SecretSource, Shape};
 use broker_core::{Error, Settings};
 use secrecy::ExposeSecret;
@@ -23,6 +24,10 @@ pub fn run(g: &Globals) -> CmdResult {
     }
     let mut failed = 0;
     if let Some(def) = config.shared_cache() {
+        if let Some(warning) = def.cleartext_password() {
+            tracing::warn!("{warning}");
+            out.push_str(&format!("\nwarning: {warning}\n"));
+        }
         out.push_str(&format!(
             "\n[shared_cache]\n  {:<20} {}\n  {:<20} {}\n",
             "url",
@@ -99,6 +104,16 @@ fn check_material(s: &Settings, now: SystemTime) -> Result<Vec<String>, Error> {
             .read(shape)
             .map_err(|e| e.context(format!("profile `{}`: {field}", s.profile())))?;
         let pem = value.expose_secret().as_bytes();
+        if field == "client_secret" && s.auth() == AuthMethod::ClientSecretJwt {
+            if let Some(short) = short_hmac_key(pem.len(), s.signing_alg()) {
+                if s.strict() {
+                    return Err(at(format!("{short}; refused because `strict = true`")));
+                }
+                let msg = format!("profile `{}`: client_secret: {short}", s.profile());
+                tracing::warn!("{msg}");
+                notes.push(format!("warning: {msg}"));
+            }
+        }
         match (field, shape) {
             ("private_key", Shape::Whole) => {
                 let alg =
@@ -108,7 +123,7 @@ fn check_material(s: &Settings, now: SystemTime) -> Result<Vec<String>, Error> {
             ("client_key", Shape::Whole) => {
                 key_algorithm(pem, None).map_err(|e| at(format!("holds {e}")))?;
             }
-            ("client_cert", Shape::Whole) => {
+            ("client_cert", Shape::Public) => {
                 let cert = ClientCert::from_pem(pem).map_err(|e| at(format!("is {e}")))?;
                 let end = output::rfc3339(cert.not_after);
                 let left = cert.left_at(now).map_err(|e| at(format!("is {e}")))?;

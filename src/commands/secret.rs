@@ -81,7 +81,7 @@ fn read_value(what: &str, shape: Shape) -> Result<SecretString, Error> {
     };
     let value = match shape {
         Shape::Line => text.lines().next().unwrap_or("").trim(),
-        Shape::Whole => text.trim(),
+        Shape::Whole | Shape::Public => text.trim(),
     };
     if value.is_empty() {
         return Err(Error::usage(format!("no value given for {what}")));

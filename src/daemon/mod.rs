@@ -158,6 +158,9 @@ fn release_freed_memory() {}
 
 fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Error> {
     let config = Config::load(&context::load_options_for(config_flag))?;
+    if let Some(warning) = config.shared_cache().and_then(|d| d.cleartext_password()) {
+        tracing::warn!("{warning}");
+    }
     let mut settings = HashMap::new();
     let mut b = context::with_shared_cache(Broker::builder(), &config)?.observer(metrics.clone());
     // Each profile resolved once: its `Served` record and its provider come from the same settings.

@@ -195,6 +195,26 @@ impl SigningKey {
     }
 }
 
+/// RFC 7518 §3.2: an HMAC key must be at least as long as the hash (32 bytes for HS256, 48 for HS384, 64 for
+/// HS512). What is wrong with a `client_secret_jwt` secret of `len` bytes for `alg` (default HS256), if anything;
+/// the message names lengths, never the secret.
+pub fn short_hmac_key(len: usize, alg: Option<SigningAlg>) -> Option<String> {
+    let alg = alg.unwrap_or(SigningAlg::HS256);
+    let need = match alg {
+        SigningAlg::HS256 => 32,
+        SigningAlg::HS384 => 48,
+        SigningAlg::HS512 => 64,
+        _ => return None,
+    };
+    (len < need).then(|| {
+        format!(
+            "the client secret is {len} bytes, shorter than the {need} that {} needs to be secure (RFC 7518 §3.2): \
+             ask the provider for a longer one",
+            alg.as_str()
+        )
+    })
+}
+
 /// The algorithm a PEM private key signs client assertions with: `alg` when the key can sign it, else the key's
 /// default; an error says what is wrong with the key (`broker check`).
 pub fn key_algorithm(pem: &[u8], alg: Option<SigningAlg>) -> Result<SigningAlg, String> {

@@ -34,8 +34,10 @@ pub fn build_client(
         .user_agent(concat!("broker/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let path = crate::secret::expand_home(path);
-        let pem = std::fs::read(&path)
-            .map_err(|e| Error::config(format!("cannot read ca_file {}: {e}", path.display())))?;
+        // It decides which servers get credentials: read by the rule of every credential file.
+        let pem = crate::credfile::CredentialFile::new(&path, crate::credfile::Material::CaBundle)
+            .read(crate::credfile::Check::Full)
+            .map_err(|e| e.context("ca_file"))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| Error::config(format!("ca_file {} is not PEM: {e}", path.display())))?;
         if certs.is_empty() {
@@ -48,11 +50,26 @@ pub fn build_client(
             b = b.add_root_certificate(c);
         }
     }
+    let mutual = identity.is_some();
     if let Some(identity) = identity {
         b = b.identity(identity);
     }
-    b.build()
-        .map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))
+    b.build().map_err(|e| {
+        // The builder's own message is "builder error"; the reason (rustls refusing a key, say) is below it.
+        let mut reason = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            reason.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        if mutual {
+            Error::config(format!(
+                "the client certificate and key cannot be used for TLS ({reason})"
+            ))
+        } else {
+            Error::internal(format!("cannot build HTTP client: {reason}"))
+        }
+    })
 }
 
 /// An HTTP answer, body read up to [`BODY_CAP`].

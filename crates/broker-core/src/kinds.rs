@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -96,6 +97,10 @@ pub struct HttpProvider {
     params: Vec<(String, String)>,
     /// Plain `http://` to a host other than this machine is allowed (`allow_http`).
     allow_http: bool,
+    /// `strict = true`: refuse a short `client_secret_jwt` key instead of warning.
+    strict: bool,
+    /// The short-key warning has been given (once per provider, at first use).
+    warned_short_key: AtomicBool,
     /// The pool key of the https client; the plain-http one differs only in its last part.
     pool_key: ClientKey,
     client: OnceLock<reqwest::Client>,
@@ -178,6 +183,8 @@ impl HttpProvider {
             body: s.body,
             params,
             allow_http: s.allow_http,
+            strict: s.strict,
+            warned_short_key: AtomicBool::new(false),
             pool_key: (s.timeout, s.connect_timeout, s.ca_file, false),
             client: OnceLock::new(),
             plain_client: OnceLock::new(),
@@ -310,6 +317,16 @@ impl HttpProvider {
                 let doc: Value = serde_json::from_slice(&answer.body).map_err(|_| {
                     Error::bad_response(format!("discovery {url}: the body is not JSON"))
                 })?;
+                // RFC 8414 §3.3, OIDC Discovery §4.3: the document must name the issuer it was asked for, else
+                // its endpoints are another server's (a trailing slash, which URL parsing may add, aside).
+                let named_issuer = doc.get("issuer").and_then(Value::as_str);
+                if named_issuer.map(|i| i.trim_end_matches('/')) != Some(base) {
+                    return Err(Error::config(format!(
+                        "discovery {url}: the document names issuer {}, not the configured issuer {base}: refusing \
+                         its endpoints (RFC 8414 §3.3)",
+                        named_issuer.map_or_else(|| "(none)".into(), crate::http::provider_text)
+                    )));
+                }
                 // A client that authenticates with TLS uses the mutual-TLS alias when the server names one (RFC 8705 §5).
                 let alias = doc
                     .get("mtls_endpoint_aliases")
@@ -318,6 +335,19 @@ impl HttpProvider {
                     .filter(|_| self.auth.uses_tls());
                 let named = alias.or_else(|| doc.get("token_endpoint").and_then(Value::as_str));
                 return match named.map(|t| (t, url::Url::parse(t))) {
+                    // Credentials go only to the issuer's origin (a mutual-TLS alias: its host, since a server
+                    // certificate names a host, not a port), unless the profile names the endpoint itself.
+                    Some((t, Ok(u)))
+                        if self.secure_enough(&u)
+                            && !(u.origin() == issuer.origin()
+                                || alias.is_some() && u.host() == issuer.host()) =>
+                    {
+                        Err(Error::config(format!(
+                            "discovery {url}: the token endpoint {} is not on the issuer's origin {origin}: refusing \
+                             to send credentials there; if it is right, name it with `token_url`",
+                            crate::http::provider_text(t)
+                        )))
+                    }
                     Some((t, Ok(u))) if self.secure_enough(&u) => Ok(t.to_owned()),
                     Some((t, Ok(_))) => Err(Error::bad_response(format!(
                         "discovery {url}: `token_endpoint` {} is not https (plain http is allowed only to this \
@@ -431,7 +461,19 @@ impl HttpProvider {
             ca_file.as_deref(),
             false,
             Some(identity),
-        )?;
+        )
+        .map_err(|e| {
+            // rustls refusing the pair is about the key (a ca_file error names itself).
+            if e.kind() == ErrorKind::Config && e.message().starts_with("the client certificate") {
+                // The caller names the profile and the request.
+                e.context(self.position("client_key").map_or_else(
+                    || "client_key".to_owned(),
+                    |at| format!("client_key (set at {at})"),
+                ))
+            } else {
+                e
+            }
+        })?;
         Ok(self.tls_client.get_or_init(|| c))
     }
 
@@ -523,6 +565,19 @@ impl HttpProvider {
         let signer = match self.auth {
             AuthMethod::ClientSecretJwt => {
                 let secret = secret.as_ref().map_or("", |s| s.expose_secret());
+                if let Some(short) =
+                    crate::credential::short_hmac_key(secret.len(), self.assertion.signing_alg)
+                {
+                    let at = self.source_context("client_secret");
+                    if self.strict {
+                        return Err(Error::config(format!(
+                            "{at}: {short}; refused because `strict = true`"
+                        )));
+                    }
+                    if !self.warned_short_key.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("{at}: {short}");
+                    }
+                }
                 Some(
                     SigningKey::hmac(secret.as_bytes(), self.assertion.signing_alg)
                         .map_err(Error::config)?,
@@ -550,7 +605,7 @@ impl HttpProvider {
         };
         let (cert, key) = if self.auth.uses_tls() && self.tls_client.get().is_none() {
             let cert = self
-                .read("client_cert", self.client_cert.as_ref(), Shape::Whole)
+                .read("client_cert", self.client_cert.as_ref(), Shape::Public)
                 .await?;
             if let (Some(pem), Some(source)) = (&cert, &self.client_cert) {
                 let parsed =
@@ -693,7 +748,7 @@ impl Provider for HttpProvider {
             ),
             (
                 "client_cert",
-                material("client_cert", &self.client_cert, Shape::Whole)?,
+                material("client_cert", &self.client_cert, Shape::Public)?,
             ),
             (
                 "client_key",

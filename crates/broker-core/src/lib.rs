@@ -81,12 +81,15 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
 mod broker;
 pub mod cache;
 pub mod credential;
+mod credfile;
 mod http;
 mod kinds;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 pub mod paths;
 mod provider;
+#[cfg(feature = "shared-cache")]
+mod redis_conn;
 #[cfg(feature = "shared-cache")]
 pub mod shared;
 

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::credfile::{Check, CredentialFile, Material};
 use crate::error::{Error, Result};
 
-/// How long a `{ command = [...] }` source may run.
+/// How long a `{ command = [...] }` source may run, and how long an async read of any source that may block (a
+/// file, the keyring) may take before the fetch fails: a stuck source never stalls the daemon.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A place a secret is read from.
@@ -36,7 +38,8 @@ pub enum SecretSource {
     /// `{ env = "NAME" }`: an environment variable.
     Env(String),
     /// `{ file = "PATH" }`: the first line of a file (the whole file for PEM material); a leading `~/` is the
-    /// home directory.
+    /// home directory. Read by the rule of docs/security.md, "credential files": a regular file of ours (or
+    /// root's) that others cannot write, at most 64 KiB, reached through no directory another user controls.
     File(PathBuf),
     /// `{ command = ["argv0", ...] }`: a program's trimmed standard output. No shell, stdin closed,
     /// an environment of `PATH` and `HOME` only, at most [`COMMAND_TIMEOUT`].
@@ -55,8 +58,19 @@ pub enum SecretSource {
 pub enum Shape {
     /// The first line, trimmed: ids, secrets, tokens.
     Line,
-    /// All of it: PEM keys and certificates (docs/reference.md §8).
+    /// All of it: PEM private keys (docs/reference.md §8).
     Whole,
+    /// All of it, and not secret: certificates (a file of one may be readable by others without a warning).
+    Public,
+}
+
+impl Shape {
+    fn material(self) -> Material {
+        match self {
+            Shape::Line | Shape::Whole => Material::Secret,
+            Shape::Public => Material::Certificate,
+        }
+    }
 }
 
 impl fmt::Debug for SecretSource {
@@ -82,16 +96,21 @@ impl SecretSource {
         self.read(Shape::Line)
     }
 
-    /// Reads the value in `shape`.
+    /// Reads the value in `shape` (a file with the whole rule of docs/security.md, "credential files").
     pub fn read(&self, shape: Shape) -> Result<SecretString> {
+        self.read_checked(shape, Check::Full)
+    }
+
+    fn read_checked(&self, shape: Shape, check: Check) -> Result<SecretString> {
         let value = match self {
             SecretSource::Literal(s) => return Ok(s.clone()),
             SecretSource::Env(name) => std::env::var(name)
                 .map_err(|_| Error::config(format!("environment variable {name} is not set")))?,
             SecretSource::File(path) => {
                 let path = expand_home(path);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    Error::config(format!("cannot read secret file {}: {e}", path.display()))
+                let bytes = CredentialFile::new(&path, shape.material()).read(check)?;
+                String::from_utf8(bytes).map_err(|_| {
+                    Error::config(format!("secret file {} is not UTF-8 text", path.display()))
                 })?
             }
             SecretSource::Command(argv) => return run_command(argv),
@@ -99,7 +118,7 @@ impl SecretSource {
         };
         let value = match shape {
             Shape::Line => value.lines().next().unwrap_or("").trim(),
-            Shape::Whole => value.trim(),
+            Shape::Whole | Shape::Public => value.trim(),
         };
         if value.is_empty() {
             return Err(Error::config(format!("{} is empty", self.describe())));
@@ -107,9 +126,10 @@ impl SecretSource {
         Ok(SecretString::from(value.to_owned()))
     }
 
-    /// Reads the secret from async code: a command runs on the runtime's blocking pool, so a slow one (it may
-    /// take up to its 10 s limit, e.g. a password manager asking for a PIN) does not stall other requests served
-    /// by the same runtime thread. Other sources are read in place.
+    /// Reads the secret from async code: a command, a file and the keyring are read on the runtime's blocking
+    /// pool, within [`COMMAND_TIMEOUT`], so a slow one (a password manager asking for a PIN, a file on a hung
+    /// network mount) does not stall other requests served by the same runtime thread. The environment and a
+    /// literal are read in place.
     pub async fn resolve_async(&self) -> Result<SecretString> {
         self.read_async(Shape::Line).await
     }
@@ -117,13 +137,18 @@ impl SecretSource {
     /// [`SecretSource::read`] from async code (see [`SecretSource::resolve_async`]).
     pub async fn read_async(&self, shape: Shape) -> Result<SecretString> {
         match self {
+            SecretSource::Literal(_) | SecretSource::Env(_) => self.read(shape),
+            // A command has a limit of its own, which kills it.
             SecretSource::Command(argv) => {
                 let argv = argv.clone();
                 tokio::task::spawn_blocking(move || run_command(&argv))
                     .await
                     .map_err(|e| Error::internal(format!("secret command task: {e}")))?
             }
-            _ => self.read(shape),
+            _ => {
+                let source = self.clone();
+                off_thread(&self.describe(), move || source.read(shape)).await
+            }
         }
     }
 
@@ -151,7 +176,8 @@ impl SecretSource {
             }
             SecretSource::Keyring { service, account } => Ok(named("keyring", &[service, account])),
             other => {
-                let value = other.read(shape)?;
+                // The warm path's cache key: the checks of the open file, not the walk (docs/security.md).
+                let value = other.read_checked(shape, Check::Descriptor)?;
                 let mut out = b"value\0".to_vec();
                 out.extend_from_slice(&Sha256::digest(value.expose_secret().as_bytes()));
                 Ok(out)
@@ -296,6 +322,22 @@ pub fn expand_home(path: &std::path::Path) -> PathBuf {
         }
     }
     path.to_path_buf()
+}
+
+/// Runs `read` on the blocking pool within [`COMMAND_TIMEOUT`]; at the limit the caller gets an error naming
+/// `what` (the read itself may still be stuck on its thread, which no longer holds anything up).
+pub(crate) async fn off_thread<T: Send + 'static>(
+    what: &str,
+    read: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, tokio::task::spawn_blocking(read)).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => Err(Error::internal(format!("reading {what}: {e}"))),
+        Err(_) => Err(Error::config(format!(
+            "{what} did not answer within {}s",
+            COMMAND_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 fn run_command(argv: &[String]) -> Result<SecretString> {

@@ -46,7 +46,8 @@ pub struct SharedStats {
 /// A Redis shared by a fleet, with the fleet key.
 pub struct SharedCache {
     client: redis::Client,
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    /// The connection (read with bounds: `redis_conn`), made on first use and dropped when a command fails.
+    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// Where the fleet key comes from, read on first use (a warm local hit never reads it).
     key_source: Option<(crate::secret::SecretSource, String)>,
     /// The cipher and the key's fingerprint; `None` when the key could not be read (then the fleet is not used).
@@ -128,12 +129,12 @@ impl SharedCache {
         getrandom::getrandom(&mut owner).map_err(|e| Error::internal(e.to_string()))?;
         Ok(SharedCache {
             client,
-            conn: tokio::sync::OnceCell::new(),
+            conn: Mutex::new(None),
             key_source: None,
             cipher: std::sync::OnceLock::new(),
             prefix: prefix.to_owned(),
             answer_within: ANSWER_WITHIN,
-            shown_url: url.to_owned(),
+            shown_url: crate::config::shown_redis_url(url),
             owner: hex::encode(owner),
             down_until: Mutex::new(None),
             warned_unopened: AtomicBool::new(false),
@@ -223,7 +224,7 @@ impl SharedCache {
     /// (which marks it down).
     async fn run<T, F, Fut>(&self, what: &str, f: F) -> Option<T>
     where
-        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if self.cipher().is_none()
@@ -241,22 +242,20 @@ impl SharedCache {
     /// Runs one command whether or not Redis is marked down, and records the outcome.
     async fn attempt<T, F, Fut>(&self, what: &str, f: F) -> Option<T>
     where
-        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let within = self.answer_within;
         let outcome = tokio::time::timeout(within, async {
-            let conn = self
-                .conn
-                .get_or_try_init(|| async {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(within))
-                        .set_response_timeout(Some(within))
-                        .set_number_of_retries(1);
-                    redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                })
-                .await?
-                .clone();
+            let open = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let conn = match open {
+                Some(c) => c,
+                None => {
+                    let c = crate::redis_conn::connect(&self.client, within).await?;
+                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                    c
+                }
+            };
             f(conn).await
         })
         .await;
@@ -270,6 +269,8 @@ impl SharedCache {
             }
             failed => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                // A connection that failed (or read something out of bounds) is not used again.
+                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Instant::now() + DOWN_FOR);
                 let why = match failed {

@@ -348,6 +348,20 @@ impl Broker {
         Ok(p.keyed.get_or_init(|| (key, slot)))
     }
 
+    /// [`Broker::keyed`] from async code: the key may read a file, the environment or whatever a
+    /// custom provider reads, so it runs on the blocking pool within [`crate::secret::COMMAND_TIMEOUT`] (a file on a
+    /// hung mount never stalls the runtime thread that serves other profiles).
+    async fn keyed_off_thread<'p>(&self, p: &'p Profile) -> Result<&'p (CacheKey, Arc<Slot>)> {
+        if let Some(k) = p.keyed.get() {
+            return Ok(k);
+        }
+        let provider = Arc::clone(&p.provider);
+        let what = format!("what identifies the credentials of profile `{}`", p.name);
+        let key = crate::secret::off_thread(&what, move || provider.cache_key()).await?;
+        let slot = self.slots.entry(key).or_default().clone();
+        Ok(p.keyed.get_or_init(|| (key, slot)))
+    }
+
     fn disk_for(&self, p: &Profile) -> Option<&DiskCache> {
         (p.policy.cache == CacheMode::Disk)
             .then_some(self.disk.as_ref())
@@ -387,8 +401,12 @@ impl Broker {
     /// A token for `profile`: cached while fresh, else fetched once for all concurrent callers.
     pub async fn token(&self, profile: &str, req: &TokenRequest) -> Result<Arc<AccessToken>> {
         let p = self.profile(profile)?;
-        if !req.skips_cache() && p.policy.cache != CacheMode::None {
-            let (_, slot) = self.keyed(p)?;
+        // A profile's key is computed on its first use, in the refresh (off the runtime thread).
+        if let (false, true, Some((_, slot))) = (
+            req.skips_cache(),
+            p.policy.cache != CacheMode::None,
+            p.keyed.get(),
+        ) {
             if let Some(t) = slot.fresh(self.clock.now_upper_bound(), req.min_ttl, p.policy.min_ttl)
             {
                 return Ok(t);

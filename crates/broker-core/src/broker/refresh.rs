@@ -134,7 +134,7 @@ impl Broker {
             };
             return self.fetch_with_retry(p, &cx, None, 0).await.map(|(t, _)| t);
         }
-        let (key, slot) = self.keyed(p)?;
+        let (key, slot) = self.keyed_off_thread(p).await?;
         let asked_at = self.clock.now();
         let seen = (
             slot.generation.load(Ordering::Acquire),

@@ -31,8 +31,8 @@ mod vocab;
 
 #[allow(unused_imports)]
 use load::*;
-pub(crate) use resolve::secure_enough;
 pub use resolve::ACCESS_TOKEN_TYPE;
+pub(crate) use resolve::{is_loopback, secure_enough};
 pub use settings::*;
 pub(crate) use source::Origin;
 use source::*;
@@ -172,16 +172,52 @@ pub struct SharedCacheDef {
 }
 
 impl SharedCacheDef {
-    /// The URL with any password replaced by `***`, for display.
+    /// The URL with any password (userinfo, or a `pass`/`password` query parameter) replaced by `***`, for
+    /// display: `broker check`, logs, errors.
     pub fn shown_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            _ => self.url.clone(),
-        }
+        shown_redis_url(&self.url)
     }
+
+    /// A warning when the URL sends a password in clear text (`redis://`, not `rediss://`) to another machine.
+    pub fn cleartext_password(&self) -> Option<String> {
+        let u = url::Url::parse(&self.url).ok()?;
+        let has_password = u.password().is_some_and(|p| !p.is_empty())
+            || u.query_pairs().any(|(k, _)| k == "pass" || k == "password");
+        (u.scheme() == "redis" && has_password && !is_loopback(&u)).then(|| {
+            format!(
+                "[shared_cache] url {} sends its password to {} without TLS: anyone on the network path can read it; \
+                 use rediss://",
+                self.shown_url(),
+                u.host_str().unwrap_or("?")
+            )
+        })
+    }
+}
+
+/// A Redis URL with its password replaced by `***`; a URL that does not parse is shown as `(unparsable URL)`,
+/// since it may hold one anywhere.
+pub fn shown_redis_url(raw: &str) -> String {
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return "(unparsable URL)".into();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query_pairs().any(|(k, _)| k == "pass" || k == "password") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "pass" || k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// A profile's settings after precedence and defaults: what a provider is built from.
@@ -277,6 +313,8 @@ pub struct Settings {
     pub(crate) ca_file: Option<PathBuf>,
     /// Permit plain HTTP to a non-loopback host.
     pub(crate) allow_http: bool,
+    /// Refuse what is otherwise a warning about the credentials.
+    pub(crate) strict: bool,
     /// Hosts `broker git-credential` answers for; empty means the `api` host.
     pub(crate) git_hosts: Vec<String>,
     /// A token file the daemon keeps fresh.
@@ -329,6 +367,11 @@ impl Settings {
         self.signing_alg
     }
 
+    /// `strict = true`: what is otherwise a warning about the credentials is refused.
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
     /// The grant asked for.
     pub fn grant(&self) -> Grant {
         self.grant
@@ -338,12 +381,12 @@ impl Settings {
     /// `client_cert`, `client_key`, and the token-exchange sources that are not profiles), with the shape of its
     /// value.
     pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource, crate::secret::Shape)> {
-        use crate::secret::Shape::{Line, Whole};
+        use crate::secret::Shape::{Line, Public, Whole};
         let mut out = vec![("client_id", &self.client_id, Line)];
         for (field, source, shape) in [
             ("client_secret", &self.client_secret, Line),
             ("private_key", &self.private_key, Whole),
-            ("client_cert", &self.client_cert, Whole),
+            ("client_cert", &self.client_cert, Public),
             ("client_key", &self.client_key, Whole),
         ] {
             if let Some(s) = source {

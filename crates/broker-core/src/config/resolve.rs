@@ -172,7 +172,7 @@ pub(crate) fn secure_enough(url: &Url, allow_http: bool) -> bool {
 }
 
 /// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -427,6 +427,7 @@ pub(super) fn settle(
         max_cooldown: take(&mut f.max_cooldown).unwrap_or(DEFAULT_MAX_COOLDOWN),
         ca_file: take(&mut f.ca_file),
         allow_http,
+        strict: take(&mut f.strict).unwrap_or(false),
         git_hosts: take(&mut f.git_hosts).unwrap_or_default(),
         sink: take(&mut f.sink),
     })

@@ -110,6 +110,7 @@ impl Settings {
                     .map_or_else(|| "-".into(), |p| p.display().to_string()),
             ),
             ("allow_http", self.allow_http.to_string()),
+            ("strict", self.strict.to_string()),
             (
                 "git_hosts",
                 if self.git_hosts.is_empty() {

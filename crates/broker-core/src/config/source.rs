@@ -51,12 +51,11 @@ impl SourceFile {
         hint: Option<String>,
     ) -> Error {
         let (line, col) = self.line_col(span.start);
-        let text = self.text.lines().nth(line - 1).unwrap_or("");
         let width = self.text[span.start.min(self.text.len())..span.end.min(self.text.len())]
             .lines()
             .next()
             .map_or(1, |s| s.chars().count().max(1));
-        let (excerpt, caret_col, width) = redact_line(text, col - 1, width);
+        let (excerpt, caret_col, width) = redact_line_of(&self.text, line, col - 1, width);
         let byte = |chars: usize| {
             excerpt
                 .char_indices()
@@ -76,10 +75,11 @@ impl SourceFile {
     }
 }
 
-/// Keys whose literal values never appear in an error's source excerpt.
-pub(super) const SECRET_KEYS: [&str; 7] = [
+/// Keys whose literal values never appear in an error's source excerpt, whatever their length or quoting.
+pub(super) const SECRET_KEYS: [&str; 8] = [
     "client_secret",
     "key", // [shared_cache]'s fleet key
+    "url", // [shared_cache]'s Redis URL, which may hold a password
     "client_id",
     "private_key",
     "client_key",
@@ -87,71 +87,143 @@ pub(super) const SECRET_KEYS: [&str; 7] = [
     "actor_token",
 ];
 
-/// `line` with the string value of every [`SECRET_KEYS`] literal replaced by `[redacted]` (to the end of the line
-/// when its closing quote is missing), and the caret (0-based column and width, in characters) moved to match.
-pub(super) fn redact_line(line: &str, mut col: usize, mut width: usize) -> (String, usize, usize) {
+/// Line `line` (1-based) of `text` with the string value of every [`SECRET_KEYS`] literal replaced by `[redacted]`
+/// whole (to the end of the line when its closing quote is not on it), and the caret (0-based column and width, in
+/// characters) moved to match. A line inside a multi-line string that a secret key opened is redacted up to the
+/// string's end.
+pub(super) fn redact_line_of(
+    text: &str,
+    line: usize,
+    col: usize,
+    width: usize,
+) -> (String, usize, usize) {
+    let mut inside = None;
+    // Only a file with a multi-line string can carry one into a later line.
+    if text.contains(r#"""""#) || text.contains("'''") {
+        for l in text.lines().take(line.saturating_sub(1)) {
+            inside = redact(l, 0, 0, inside).3;
+        }
+    }
+    let this = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    let (out, col, width, _) = redact(this, col, width, inside);
+    (out, col, width)
+}
+
+/// One line of [`redact_line_of`] from a state: `inside` is the closing delimiter of a secret multi-line string the line starts
+/// in. Returns the one the line ends in.
+fn redact(
+    line: &str,
+    mut col: usize,
+    mut width: usize,
+    mut inside: Option<&'static str>,
+) -> (String, usize, usize, Option<&'static str>) {
     const MARK: &str = "[redacted]";
     let chars: Vec<char> = line.chars().collect();
+    let at = |j: usize, s: &str| {
+        s.chars()
+            .enumerate()
+            .all(|(k, c)| chars.get(j + k) == Some(&c))
+    };
     let mut out = String::with_capacity(line.len());
     let mut i = 0;
     let mut shift: isize = 0;
-    while i < chars.len() {
-        let rest: String = chars[i..].iter().collect();
-        let Some(key) = SECRET_KEYS.iter().find(|k| rest.starts_with(*k)) else {
-            out.push(chars[i]);
-            i += 1;
-            continue;
-        };
-        // key, optional closing quote of a quoted key, spaces, `=`, spaces, an opening quote.
-        let mut j = i + key.len();
-        let skip = |j: &mut usize, what: &dyn Fn(char) -> bool| {
-            while *j < chars.len() && what(chars[*j]) {
-                *j += 1;
+    loop {
+        // The value to redact starts at `from` and ends at its closing delimiter, if that is on this line.
+        let (from, delim) = match inside.take() {
+            Some(delim) => (i, delim),
+            None => {
+                let Some((open, delim)) = next_secret_value(&chars, &mut i, &mut out) else {
+                    break;
+                };
+                out.extend(&chars[i..open + delim.len()]);
+                (open + delim.len(), delim)
             }
         };
-        skip(&mut j, &|c| c == '"' || c == '\'' || c == ' ' || c == '\t');
-        let value_start = if chars.get(j) == Some(&'=') {
-            j += 1;
-            skip(&mut j, &|c| c == ' ' || c == '\t');
-            matches!(chars.get(j), Some('"' | '\'')).then_some(j)
-        } else {
-            None
-        };
-        let Some(open) = value_start else {
-            out.extend(&chars[i..j]);
-            i = j;
-            continue;
-        };
-        let quote = chars[open];
-        let mut close = open + 1;
-        while close < chars.len() && chars[close] != quote {
-            close += if quote == '"' && chars[close] == '\\' {
+        let mut to = from;
+        while to < chars.len() && !at(to, delim) {
+            to += if delim == "\"" && chars[to] == '\\' {
                 2
             } else {
                 1
             };
         }
-        let close = close.min(chars.len());
-        out.extend(&chars[i..=open]);
+        let to = to.min(chars.len());
+        if to == chars.len() && delim.len() == 3 {
+            inside = Some(delim);
+        }
         out.push_str(MARK);
-        let (from, to) = (open + 1, close);
         let delta = MARK.len() as isize - (to - from) as isize;
-        let at = (col as isize - shift) as usize; // the caret, in original columns
-        if at >= from && at < to.max(from + 1) {
+        let caret = (col as isize - shift) as usize; // the caret, in original columns
+        if caret >= from && caret < to.max(from + 1) {
             col = (from as isize + shift) as usize;
             width = MARK.len();
-        } else if at >= to {
+        } else if caret >= to {
             col = (col as isize + delta) as usize;
-        } else if at + width > from {
-            width = from - at + MARK.len();
+        } else if caret + width > from {
+            width = from - caret + MARK.len();
         }
         shift += delta;
-        if close < chars.len() {
-            out.push(quote);
+        i = to;
+        if i < chars.len() {
+            let end = (i + delim.len()).min(chars.len());
+            out.extend(&chars[i..end]);
+            i = end;
         }
-        i = close + 1;
+        if inside.is_some() {
+            break;
+        }
     }
-    (out, col, width)
+    (out, col, width, inside)
+}
+
+/// Finds the next secret key (a whole word) followed by `=` and a string: copies what comes before it to `out`,
+/// leaves `i` at the key, and returns where the string opens and its delimiter.
+fn next_secret_value(
+    chars: &[char],
+    i: &mut usize,
+    out: &mut String,
+) -> Option<(usize, &'static str)> {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    while *i < chars.len() {
+        let boundary = *i == 0 || !word(chars[*i - 1]);
+        let key = SECRET_KEYS.iter().find(|k| {
+            boundary
+                && k.chars()
+                    .enumerate()
+                    .all(|(n, c)| chars.get(*i + n) == Some(&c))
+                && !chars.get(*i + k.len()).is_some_and(|&c| word(c))
+        });
+        let Some(key) = key else {
+            out.push(chars[*i]);
+            *i += 1;
+            continue;
+        };
+        // key, optional closing quote of a quoted key, spaces, `=`, spaces, an opening quote.
+        let mut j = *i + key.len();
+        while j < chars.len() && matches!(chars[j], '"' | '\'' | ' ' | '\t') {
+            j += 1;
+        }
+        if chars.get(j) == Some(&'=') {
+            j += 1;
+            while j < chars.len() && matches!(chars[j], ' ' | '\t') {
+                j += 1;
+            }
+            let triple = |q: char| (0..3).all(|k| chars.get(j + k) == Some(&q));
+            let delim = match chars.get(j) {
+                Some('"') if triple('"') => Some(r#"""""#),
+                Some('\'') if triple('\'') => Some("'''"),
+                Some('"') => Some("\""),
+                Some('\'') => Some("'"),
+                _ => None,
+            };
+            if let Some(delim) = delim {
+                return Some((j, delim));
+            }
+        }
+        out.extend(&chars[*i..j]);
+        *i = j;
+    }
+    None
 }
 
 /// Where a value was written: a file and a span, or the command line.

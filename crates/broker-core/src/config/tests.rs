@@ -164,7 +164,7 @@ fn the_field_reference_lists_every_field_and_no_other() {
 #[test]
 fn excerpts_never_show_a_literal_secret() {
     let check = |line: &str, col: usize, width: usize, want: (&str, usize, usize)| {
-        let (l, c, w) = redact_line(line, col, width);
+        let (l, c, w) = redact_line_of(line, 1, col, width);
         assert_eq!((l.as_str(), c, w), want, "{line}");
     };
     check(
@@ -190,6 +190,30 @@ fn excerpts_never_show_a_literal_secret() {
         0,
         1,
         ("client_secret = { env = \"X\" }", 0, 1),
+    );
+    // A multi-line string is redacted whole, on its first line, its last and any between.
+    check(
+        r#"client_secret = """hunter2hunter2""" junk"#,
+        36,
+        4,
+        (r#"client_secret = """[redacted]""" junk"#, 32, 4),
+    );
+    let pem =
+        "[profiles.p]\nprivate_key = '''-----BEGIN\nMIIEsecret\nsecret-----END''' junk\nx = 1\n";
+    for (line, want) in [
+        (2, "private_key = '''[redacted]"),
+        (3, "[redacted]"),
+        (4, "[redacted]''' junk"),
+        (5, "x = 1"),
+    ] {
+        assert_eq!(redact_line_of(pem, line, 0, 1).0, want, "line {line}");
+    }
+    // Whole words only: `token_url`'s value is not a secret, `[shared_cache] url`'s may hold a password.
+    check(
+        r#"token_url = "https://a/t" url = "redis://:pw@h""#,
+        0,
+        1,
+        (r#"token_url = "https://a/t" url = "[redacted]""#, 0, 1),
     );
     let err = Config::parse("[profiles.p]\nkind = \"oauth2\"\nclient_secret = \"hunter2\nx = 1\n")
         .err()

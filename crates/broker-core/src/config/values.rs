@@ -322,7 +322,7 @@ pub(super) fn p_params(cx: &Ctx, key: &str, v: &Val) -> Result<BTreeMap<String, 
 pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
     match v.get_ref() {
         DeValue::String(s) => {
-            if SECRET_KEYS.contains(&key) && key != "client_id" {
+            if SECRET_KEYS.contains(&key) && !matches!(key, "client_id" | "url") {
                 cx.literal_secret.set(true);
             }
             Ok(SecretSource::Literal(SecretString::from(s.to_string())))

@@ -342,6 +342,8 @@ fields! {
     ca_file: PathBuf => p_path,
     /// Permit `http://` for a non-loopback token URL.
     allow_http: bool => p_bool,
+    /// Refuse what is otherwise a warning about the credentials (a short `client_secret_jwt` key).
+    strict: bool => p_bool,
     /// Hosts `broker git-credential` answers for (default: the `api` host).
     git_hosts: Vec<String> => p_str_list,
     /// A token file the daemon keeps fresh.
