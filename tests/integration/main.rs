@@ -31,6 +31,8 @@ mod integrations;
 mod outages;
 // Attacks by another local user or a hostile provider: planted cache files and endpoints, hostile answers, leaks.
 mod trust;
+// The trust boundary of key files, subject tokens, the fleet key, Redis, discovery and excerpts (a real second uid).
+mod trust_material;
 // Fleet mode: daemons of several homes sharing one real redis-server.
 mod fleet;
 // The daemon: socket, uid check, single flight, refresh ahead, outage, reload, shutdown, metrics.

@@ -376,14 +376,26 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Self::start_as(None)
+    }
+
+    /// A Redis that asks for `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> Redis {
+        Self::start_as(Some(password.to_owned()))
+    }
+
+    fn start_as(password: Option<String>) -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            password,
         };
         r.restart();
         r
@@ -404,6 +416,11 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -425,6 +442,15 @@ impl Redis {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if let Some(p) = &self.password {
+            let mut ok = [0u8; 5];
+            if s.write_all(format!("AUTH {p}\r\n").as_bytes()).is_err()
+                || s.read_exact(&mut ok).is_err()
+                || &ok != b"+OK\r\n"
+            {
+                return false;
+            }
+        }
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
