@@ -64,6 +64,7 @@
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod duration;

@@ -13,12 +13,20 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use tracing::Instrument;
 
+mod builder;
+mod fetch;
+mod fleet;
 mod refresh;
 mod slot;
 
+pub use builder::BrokerBuilder;
+use fetch::*;
+#[cfg(feature = "shared-cache")]
+use fleet::*;
 use refresh::*;
 use slot::Slot;
 
+use crate::backoff::Backoff;
 use crate::cache::{CacheKey, Cooldown, DiskCache, Entry};
 use crate::clock::{add_saturating, Clock, SystemClock};
 use crate::config::{CacheMode, Config, Overrides, Settings};
@@ -163,118 +171,6 @@ struct Profile {
     skew_warned: std::sync::atomic::AtomicBool,
 }
 
-/// Builds a [`Broker`].
-pub struct BrokerBuilder {
-    pool: Arc<crate::kinds::ClientPool>,
-    observer: Option<Arc<dyn Observer>>,
-    clock: Arc<dyn Clock>,
-    http: Option<reqwest::Client>,
-    disk: Option<PathBuf>,
-    #[cfg(feature = "shared-cache")]
-    shared: Option<Arc<crate::shared::SharedCache>>,
-    profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
-}
-
-impl BrokerBuilder {
-    /// Shares tokens, cool-downs and fetches with a fleet through `shared` (docs/reference.md §9), for profiles
-    /// that cache on disk or in memory. Defaults to none.
-    #[cfg(feature = "shared-cache")]
-    pub fn shared_cache(mut self, shared: Arc<crate::shared::SharedCache>) -> Self {
-        self.shared = Some(shared);
-        self
-    }
-
-    /// Uses `clock` instead of the system clock. Defaults to [`SystemClock`].
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Reports every upstream request to `observer`.
-    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = Some(observer);
-        self
-    }
-
-    /// Caches on disk in `dir` for profiles whose policy says disk. Defaults to no disk cache
-    /// (disk profiles then cache in memory only).
-    pub fn disk_cache(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.disk = Some(dir.into());
-        self
-    }
-
-    /// Registers a profile served by `provider`.
-    pub fn profile(
-        mut self,
-        name: impl Into<String>,
-        provider: Arc<dyn Provider>,
-        policy: Policy,
-    ) -> Self {
-        let name = name.into();
-        let p = Profile {
-            name: name.clone(),
-            provider,
-            policy,
-            keyed: OnceLock::new(),
-            skew_warned: std::sync::atomic::AtomicBool::new(false),
-        };
-        self.profiles.insert(name, Ok(Arc::new(p)));
-        self
-    }
-
-    /// Registers every profile of `config` with the built-in HTTP provider. A profile whose settings do not
-    /// resolve is kept as its error, returned when it is asked for, so one broken profile spoils no other.
-    pub fn config(mut self, config: &Config, overrides: &Overrides) -> Self {
-        for name in config.profile_names() {
-            match config.resolve(name, overrides) {
-                Ok(s) => self = self.settings(s),
-                Err(e) => self = self.broken(name, e),
-            }
-        }
-        self
-    }
-
-    /// Registers `profile` as broken: asking for it returns `error`.
-    pub fn broken(mut self, profile: &str, error: Error) -> Self {
-        self.profiles.insert(profile.to_owned(), Err(error));
-        self
-    }
-
-    /// Uses the caller's `reqwest::Client` for the built-in HTTP profiles registered after this call, instead of
-    /// one built from each profile's timeouts and `ca_file`. It should not follow redirects
-    /// (`redirect::Policy::none()`): a redirected token request would carry the secret elsewhere.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
-        self
-    }
-
-    /// Registers one resolved profile with the built-in HTTP provider.
-    pub fn settings(self, s: Settings) -> Self {
-        let policy = Policy::from_settings(&s);
-        let name = s.profile.clone();
-        let provider = match &self.http {
-            Some(c) => HttpProvider::new(s).with_client(c.clone()),
-            None => HttpProvider::new(s).with_pool(self.pool.clone()),
-        };
-        self.profile(name, Arc::new(provider), policy)
-    }
-
-    /// The broker.
-    pub fn build(self) -> Broker {
-        Broker {
-            observer: self.observer,
-            clock: self.clock,
-            disk: self.disk.map(DiskCache::new),
-            #[cfg(feature = "shared-cache")]
-            shared: self.shared,
-            profiles: self.profiles,
-            // A fixed shard count: `DashMap::new()` sizes by `available_parallelism()`, which reads cgroup files on
-            // Linux, a cost every warm CLI call would pay (scripts/bench-cli).
-            slots: DashMap::with_shard_amount(SLOT_SHARDS),
-        }
-    }
-}
-
 /// Hands out tokens: from memory, from disk, or from the provider, one upstream call per key at a time.
 ///
 /// Build one with [`Broker::builder`] from a [`Config`] (the built-in HTTP kinds) or your own [`Provider`]s, keep it
@@ -306,20 +202,6 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A builder with the system clock and no profiles.
-    pub fn builder() -> BrokerBuilder {
-        BrokerBuilder {
-            pool: Arc::default(),
-            observer: None,
-            clock: Arc::new(SystemClock),
-            http: None,
-            disk: None,
-            #[cfg(feature = "shared-cache")]
-            shared: None,
-            profiles: Map::default(),
-        }
-    }
-
     /// Names of the registered profiles, sorted.
     pub fn profile_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.profiles.keys().map(String::as_str).collect();

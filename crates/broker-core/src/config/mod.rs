@@ -23,6 +23,7 @@ use crate::secret::{SecretSource, TokenSource};
 mod load;
 mod resolve;
 mod settings;
+mod shared;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use load::*;
 pub use resolve::ACCESS_TOKEN_TYPE;
 pub(crate) use resolve::{is_loopback, secure_enough};
 pub use settings::*;
+pub use shared::*;
 pub(crate) use source::Origin;
 use source::*;
 pub use values::*;
@@ -154,70 +156,6 @@ pub(crate) fn position_of(positions: &[(&'static str, Origin)], field: &str) -> 
         .iter()
         .find(|(f, o)| *f == field && o.file.is_some())
         .map(|(_, o)| o.position())
-}
-
-/// The `[shared_cache]` table: a Redis every host of a fleet shares (docs/reference.md §9).
-#[derive(Debug, Clone)]
-pub struct SharedCacheDef {
-    /// `redis://`, `rediss://` (TLS) or `redis+unix://` URL.
-    pub url: String,
-    /// The fleet key: 32 random bytes, base64, from a secret source.
-    pub key: SecretSource,
-    /// Key prefix in Redis; default `broker`.
-    pub prefix: String,
-    /// How long Redis has to answer a command before the broker works without it; default 50 ms.
-    pub timeout: Duration,
-    /// Where the table is (`file:line:col`), for errors of the key source.
-    pub position: String,
-}
-
-impl SharedCacheDef {
-    /// The URL with any password (userinfo, or a `pass`/`password` query parameter) replaced by `***`, for
-    /// display: `broker check`, logs, errors.
-    pub fn shown_url(&self) -> String {
-        shown_redis_url(&self.url)
-    }
-
-    /// A warning when the URL sends a password in clear text (`redis://`, not `rediss://`) to another machine.
-    pub fn cleartext_password(&self) -> Option<String> {
-        let u = url::Url::parse(&self.url).ok()?;
-        let has_password = u.password().is_some_and(|p| !p.is_empty())
-            || u.query_pairs().any(|(k, _)| k == "pass" || k == "password");
-        (u.scheme() == "redis" && has_password && !is_loopback(&u)).then(|| {
-            format!(
-                "[shared_cache] url {} sends its password to {} without TLS: anyone on the network path can read it; \
-                 use rediss://",
-                self.shown_url(),
-                u.host_str().unwrap_or("?")
-            )
-        })
-    }
-}
-
-/// A Redis URL with its password replaced by `***`; a URL that does not parse is shown as `(unparsable URL)`,
-/// since it may hold one anywhere.
-pub fn shown_redis_url(raw: &str) -> String {
-    let Ok(mut u) = url::Url::parse(raw) else {
-        return "(unparsable URL)".into();
-    };
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    if u.query_pairs().any(|(k, _)| k == "pass" || k == "password") {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "pass" || k == "password" {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
 }
 
 /// A profile's settings after precedence and defaults: what a provider is built from.
