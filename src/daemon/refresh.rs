@@ -1,7 +1,8 @@
 //! Background refresh: every profile the daemon has handed out (or that has a sink) is refreshed when its margin is
-//! reached, less up to 10 % of the lifetime at random, so callers never wait on the provider. A failed refresh backs
-//! off (1 s doubling to 60 s, never past the old token's expiry) while the cached token keeps being served; a
-//! profile nobody asked for in `refresh_idle_after` is dropped.
+//! reached, less up to 10 % of the lifetime at random, so callers never wait on the provider. A failed refresh is
+//! tried again at the next attempt the core remembers (a cool-down, an outage's backoff), never past the old
+//! token's expiry, while the cached token keeps being served; a failure the core does not remember (a broken config)
+//! waits `Backoff::OUTAGE`. A profile nobody asked for in `refresh_idle_after` is dropped.
 //!
 //! One scheduler task and one timer serve every profile: the schedule is a set ordered by due time, and a profile
 //! costs one small [`Plan`] between refreshes rather than a sleeping task of its own. A refresh that falls due runs
@@ -11,14 +12,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use broker_core::backoff::Backoff;
 use broker_core::{AccessToken, Error, TokenRequest};
 use tokio::sync::Notify;
 
 use super::{write_private_owned, Daemon, Served};
 use crate::output::{self, Format};
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest the scheduler sleeps before looking at the wall clock again.
 const RECHECK: Duration = Duration::from_secs(60);
 
@@ -38,7 +38,8 @@ enum Stage {
 struct Plan {
     last_used: Instant,
     stage: Stage,
-    backoff: Duration,
+    /// Failed runs in a row.
+    failures: u32,
     /// `obtained_at` of the token last written to the sink.
     written: Option<SystemTime>,
     /// When the next run is due; `None` while it runs.
@@ -79,7 +80,7 @@ impl Refresher {
             Plan {
                 last_used: Instant::now(),
                 stage: Stage::Current,
-                backoff: FIRST_BACKOFF,
+                failures: 0,
                 written: None,
                 due: Some(now),
             },
@@ -126,7 +127,7 @@ impl Refresher {
                     return;
                 };
                 plan.stage = next.stage;
-                plan.backoff = next.backoff;
+                plan.failures = next.failures;
                 plan.written = next.written;
                 plan.due = Some(next.due);
                 s.queue.insert((next.due, profile));
@@ -165,17 +166,17 @@ pub async fn run(daemon: Arc<Daemon>) {
 /// Where a run leaves a plan.
 struct Next {
     stage: Stage,
-    backoff: Duration,
+    failures: u32,
     written: Option<SystemTime>,
     due: SystemTime,
 }
 
 /// One run of `profile`'s plan; `None` drops it (idle, or gone from the config).
 async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
-    let (last_used, stage, backoff, written) = {
+    let (last_used, stage, failures, written) = {
         let s = daemon.refresher.lock();
         let plan = s.plans.get(profile)?;
-        (plan.last_used, plan.stage, plan.backoff, plan.written)
+        (plan.last_used, plan.stage, plan.failures, plan.written)
     };
     let loaded = daemon.loaded();
     let settings = loaded.settings.get(profile)?;
@@ -185,7 +186,7 @@ async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
     }
     let plan = Next {
         stage,
-        backoff,
+        failures,
         written,
         due: SystemTime::now(),
     };
@@ -198,7 +199,7 @@ async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
                 Err(written) => {
                     let plan = Next {
                         stage: Stage::Current,
-                        backoff: FIRST_BACKOFF,
+                        failures: 0,
                         written,
                         due: SystemTime::now(),
                     };
@@ -210,7 +211,7 @@ async fn step(daemon: &Daemon, profile: &str) -> Option<Next> {
 }
 
 /// [`Stage::Current`]: get the current token (fetching it if there is none), write the sink if it is new, and
-/// schedule the refresh ahead of its expiry; on failure, try again after the backoff.
+/// schedule the refresh ahead of its expiry; on failure, try again at the next attempt ([`retry_at`]).
 async fn current(
     daemon: &Daemon,
     loaded: &super::Loaded,
@@ -223,8 +224,8 @@ async fn current(
         Err(e) => {
             tracing::warn!("background refresh of `{profile}`: {e}");
             daemon.metrics.refresh_failed(profile);
-            plan.due = SystemTime::now() + plan.backoff;
-            plan.backoff = (plan.backoff * 2).min(MAX_BACKOFF);
+            plan.failures = plan.failures.saturating_add(1);
+            plan.due = retry_at(loaded, profile, Some(&e), plan.failures);
             return plan;
         }
     };
@@ -271,14 +272,14 @@ async fn ahead(
             // again when the core's pause is over, or when the token expires if sooner.
             let due = t.refresh_not_before().map_or(expires, |at| at.min(expires));
             Ok(Next {
-                backoff: FIRST_BACKOFF,
+                failures: 0,
                 due,
                 ..plan
             })
         }
         outcome => {
             // The broker served the old token (or none): the refresh failed.
-            if let Err(e) = outcome {
+            if let Err(e) = &outcome {
                 tracing::warn!("background refresh of `{profile}`: {e}");
             }
             daemon.metrics.refresh_failed(profile);
@@ -287,13 +288,35 @@ async fn ahead(
                 .duration_since(now)
                 .unwrap_or_default()
                 .max(Duration::from_millis(100));
+            let failures = plan.failures.saturating_add(1);
+            let due = retry_at(loaded, profile, outcome.as_ref().err(), failures).min(now + left);
             Ok(Next {
                 stage: Stage::Current,
-                backoff: (plan.backoff * 2).min(MAX_BACKOFF),
-                due: now + plan.backoff.min(left),
+                failures,
+                due,
                 written: plan.written,
             })
         }
+    }
+}
+
+/// When to run a failed refresh again: the next attempt the core remembers for `profile` (in the error, or its
+/// status when the old token was served), so the daemon obeys the same cool-down and outage backoff as every other
+/// caller; else, for a failure the core does not remember, [`Backoff::OUTAGE`] after `failures` in a row.
+fn retry_at(
+    loaded: &super::Loaded,
+    profile: &str,
+    error: Option<&Error>,
+    failures: u32,
+) -> SystemTime {
+    let now = SystemTime::now();
+    let remembered = error.and_then(Error::retry_at).or_else(|| {
+        let status = loaded.broker.status(profile).ok()?;
+        status.cooldown.map(|c| c.until)
+    });
+    match remembered {
+        Some(at) if at > now => at,
+        _ => Backoff::OUTAGE.next_attempt(now, failures),
     }
 }
 

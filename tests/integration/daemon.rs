@@ -944,3 +944,57 @@ fn a_cli_with_another_configuration_gets_409_before_the_daemon_does_any_work() {
     home.run(["token", "chili", "--force-refresh"]).success();
     assert_eq!(idp.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_background_refresh_waits_for_the_next_attempt_the_core_remembers() {
+    // One 4 s token, then rejections: the refresh ahead is rejected and the core starts a 45 s cool-down. Once the
+    // token has expired the refresher must wait for that cool-down, not come back after a backoff of its own.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "first", "expires_in": 4})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"error": "invalid_client"})),
+        )
+        .mount(&server)
+        .await;
+    let home = Home::new();
+    home.config(&format!(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s3cret-s3cret\"\n\
+         cooldown = \"45s\"\n",
+        server.uri()
+    ));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = Daemon::start(&home);
+    let asked = std::time::SystemTime::now();
+    assert_eq!(d.get("/v1/token/p").0, 200);
+    let expired = asked + Duration::from_secs(4);
+    let scheduled_at = || {
+        let r = refresh_state(&d, "p");
+        (r["state"] == "scheduled")
+            .then(|| {
+                r["at"]
+                    .as_str()
+                    .and_then(|s| humantime::parse_rfc3339(s).ok())
+            })
+            .flatten()
+    };
+    // The first run scheduled after the token's expiry.
+    poll("a run after the token's expiry to be scheduled", || {
+        scheduled_at().is_some_and(|at| at > expired + Duration::from_millis(500))
+    });
+    let at = scheduled_at().unwrap_or(asked);
+    let wait = at.duration_since(asked).unwrap_or_default();
+    assert!(
+        wait >= Duration::from_secs(40),
+        "the refresher came back {wait:?} after the fetch, not at the core's 45 s cool-down"
+    );
+    assert_eq!(server.received_requests().await.map_or(0, |r| r.len()), 2);
+}
