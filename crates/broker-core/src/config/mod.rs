@@ -158,107 +158,6 @@ pub(crate) fn position_of(positions: &[(&'static str, Origin)], field: &str) -> 
         .map(|(_, o)| o.position())
 }
 
-/// A profile's settings after precedence and defaults: what a provider is built from.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Profile name.
-    pub(crate) profile: String,
-    /// Provider definition name, if the profile uses one.
-    pub(crate) provider: Option<String>,
-    /// Canonical environment name, if any.
-    pub(crate) environment: Option<String>,
-    /// Wire kind.
-    pub(crate) kind: Kind,
-    /// Keycloak server base.
-    pub(crate) auth_server: Option<Url>,
-    /// Keycloak realm.
-    pub(crate) realm: Option<String>,
-    /// Keycloak `/auth` layout.
-    pub(crate) legacy_path: bool,
-    /// Explicit token endpoint.
-    pub(crate) token_url: Option<Url>,
-    /// Issuer for discovery.
-    pub(crate) issuer: Option<Url>,
-    /// API endpoint.
-    pub(crate) api: Option<Url>,
-    /// Web app.
-    pub(crate) app: Option<Url>,
-    /// Client id source.
-    pub(crate) client_id: SecretSource,
-    /// Client secret source (required by the secret methods only).
-    pub(crate) client_secret: Option<SecretSource>,
-    /// Where each secret-source field was set, for errors of their sources (shown as `file:line:col` only then).
-    pub(crate) positions: Vec<(&'static str, Origin)>,
-    /// Client authentication.
-    pub(crate) auth: AuthMethod,
-    /// The grant asked for.
-    pub(crate) grant: Grant,
-    /// `private_key_jwt`: the PEM private key.
-    pub(crate) private_key: Option<SecretSource>,
-    /// The assertion's `kid`.
-    pub(crate) key_id: Option<String>,
-    /// The assertion's algorithm (default: from the key, HS256 for `client_secret_jwt`).
-    pub(crate) signing_alg: Option<SigningAlg>,
-    /// The assertion's `aud`.
-    pub(crate) assertion_audience: AssertionAudience,
-    /// Mutual TLS: the client certificate and its key.
-    pub(crate) client_cert: Option<SecretSource>,
-    /// Mutual TLS: the certificate's private key.
-    pub(crate) client_key: Option<SecretSource>,
-    /// Token exchange: the subject token.
-    pub(crate) subject_token: Option<TokenSource>,
-    /// Token exchange: `subject_token_type`.
-    pub(crate) subject_token_type: String,
-    /// Token exchange: the actor token.
-    pub(crate) actor_token: Option<TokenSource>,
-    /// Token exchange: `actor_token_type`.
-    pub(crate) actor_token_type: Option<String>,
-    /// Token exchange: `requested_token_type`.
-    pub(crate) requested_token_type: Option<String>,
-    /// Body encoding.
-    pub(crate) body: BodyFormat,
-    /// `audience`.
-    pub(crate) audience: Option<String>,
-    /// `scope`.
-    pub(crate) scope: Option<String>,
-    /// `resource`.
-    pub(crate) resource: Option<String>,
-    /// Extra parameters.
-    pub(crate) params: BTreeMap<String, String>,
-    /// Header template.
-    pub(crate) header: String,
-    /// `broker exec` variable.
-    pub(crate) token_env: Option<String>,
-    /// Default 60 s.
-    pub(crate) min_ttl: Duration,
-    /// Default 300 s.
-    pub(crate) default_ttl: Duration,
-    /// Default 24 h.
-    pub(crate) max_ttl: Duration,
-    /// Default disk.
-    pub(crate) cache: CacheMode,
-    /// Default 15 s.
-    pub(crate) timeout: Duration,
-    /// Default 5 s.
-    pub(crate) connect_timeout: Duration,
-    /// Default 30 s.
-    pub(crate) retry: Duration,
-    /// Default 30 s: after a rejection the provider is not asked again for this long.
-    pub(crate) cooldown: Duration,
-    /// Default 1 h: the longest cool-down, whatever a provider's `Retry-After` asks.
-    pub(crate) max_cooldown: Duration,
-    /// Extra PEM roots.
-    pub(crate) ca_file: Option<PathBuf>,
-    /// Permit plain HTTP to a non-loopback host.
-    pub(crate) allow_http: bool,
-    /// Refuse what is otherwise a warning about the credentials.
-    pub(crate) strict: bool,
-    /// Hosts `broker git-credential` answers for; empty means the `api` host.
-    pub(crate) git_hosts: Vec<String>,
-    /// A token file the daemon keeps fresh.
-    pub(crate) sink: Option<Sink>,
-}
-
 impl Settings {
     /// Profile name.
     pub fn profile(&self) -> &str {
@@ -392,9 +291,13 @@ impl Settings {
         self.auth
     }
 
-    /// Body encoding.
+    /// Body encoding: `body`, else JSON for `auth0` (as Auth0 documents) and a form for the others.
     pub fn body(&self) -> BodyFormat {
-        self.body
+        self.body.unwrap_or(if self.kind == Kind::Auth0 {
+            BodyFormat::Json
+        } else {
+            BodyFormat::Form
+        })
     }
 
     /// Default 30 s.

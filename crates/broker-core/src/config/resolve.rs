@@ -186,7 +186,7 @@ pub(super) fn val<T: Clone>(x: &Option<Box<Located<T>>>) -> Option<T> {
 }
 
 /// The value of a field, moved out of layers that are no longer needed (no clone: a daemon settles 10,000 profiles).
-fn take<T>(x: &mut Option<Box<Located<T>>>) -> Option<T> {
+pub(super) fn take<T>(x: &mut Option<Box<Located<T>>>) -> Option<T> {
     x.take().map(|l| l.value)
 }
 
@@ -325,7 +325,7 @@ pub(super) fn settle(
     def: &ProfileDef,
     provider: Option<String>,
     environment: Option<String>,
-    mut f: Fields,
+    f: Fields,
 ) -> Result<Settings> {
     let missing = |field: &str, hint: &str| {
         def.origin.error(
@@ -341,12 +341,12 @@ pub(super) fn settle(
     })?;
     check_endpoint(kind, &f, &missing)?;
     let allow_http = check_urls(&f)?;
-    let client_id = val(&f.client_id).ok_or_else(|| {
-        missing(
+    if f.client_id.is_none() {
+        return Err(missing(
             "client_id",
             "add `client_id = { env = \"MY_CLIENT_ID\" }` to the profile",
-        )
-    })?;
+        ));
+    }
     let auth = val(&f.auth).unwrap_or(AuthMethod::ClientSecretPost);
     let grant = val(&f.grant).unwrap_or(Grant::ClientCredentials);
     check_credentials(auth, grant, &f, &missing)?;
@@ -371,64 +371,26 @@ pub(super) fn settle(
     ])
     .filter_map(|(n, at)| Some((n, at?)))
     .collect();
-    Ok(Settings {
-        profile: name.to_owned(),
+    let missing = |field: &'static str| missing(field, "");
+    let mut s = Settings::from_fields(
+        name.to_owned(),
         provider,
         environment,
-        kind,
-        auth_server: take(&mut f.auth_server),
-        realm: take(&mut f.realm),
-        legacy_path: take(&mut f.legacy_path).unwrap_or(false),
-        token_url: take(&mut f.token_url),
-        issuer: take(&mut f.issuer),
-        api: take(&mut f.api),
-        app: take(&mut f.app),
-        client_id,
-        client_secret: if auth.uses_secret() {
-            take(&mut f.client_secret)
-        } else {
-            None
-        },
         positions,
-        auth,
-        grant,
-        private_key: take(&mut f.private_key).filter(|_| auth == AuthMethod::PrivateKeyJwt),
-        key_id: take(&mut f.key_id),
-        signing_alg: take(&mut f.signing_alg),
-        assertion_audience: take(&mut f.assertion_audience)
-            .unwrap_or(AssertionAudience::TokenEndpoint),
-        client_cert: take(&mut f.client_cert).filter(|_| auth.uses_tls()),
-        client_key: take(&mut f.client_key).filter(|_| auth.uses_tls()),
-        subject_token: take(&mut f.subject_token).filter(|_| grant == Grant::TokenExchange),
-        subject_token_type: take(&mut f.subject_token_type)
-            .unwrap_or_else(|| ACCESS_TOKEN_TYPE.to_owned()),
-        actor_token: take(&mut f.actor_token).filter(|_| grant == Grant::TokenExchange),
-        actor_token_type: take(&mut f.actor_token_type),
-        requested_token_type: take(&mut f.requested_token_type),
-        body: take(&mut f.body).unwrap_or(if kind == Kind::Auth0 {
-            BodyFormat::Json
-        } else {
-            BodyFormat::Form
-        }),
-        audience: take(&mut f.audience),
-        scope: take(&mut f.scope),
-        resource: take(&mut f.resource),
-        params: take(&mut f.params).unwrap_or_default(),
-        header: take(&mut f.header).unwrap_or_else(|| DEFAULT_HEADER.to_owned()),
-        token_env: take(&mut f.token_env),
-        min_ttl: take(&mut f.min_ttl).unwrap_or(DEFAULT_MIN_TTL),
-        default_ttl: take(&mut f.default_ttl).unwrap_or(DEFAULT_DEFAULT_TTL),
-        max_ttl: take(&mut f.max_ttl).unwrap_or(DEFAULT_MAX_TTL),
-        cache: take(&mut f.cache).unwrap_or(CacheMode::Disk),
-        timeout: take(&mut f.timeout).unwrap_or(DEFAULT_TIMEOUT),
-        connect_timeout: take(&mut f.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        retry: take(&mut f.retry).unwrap_or(DEFAULT_RETRY),
-        cooldown: take(&mut f.cooldown).unwrap_or(DEFAULT_COOLDOWN),
-        max_cooldown: take(&mut f.max_cooldown).unwrap_or(DEFAULT_MAX_COOLDOWN),
-        ca_file: take(&mut f.ca_file),
-        allow_http,
-        strict: take(&mut f.strict).unwrap_or(false),
-        git_hosts: take(&mut f.git_hosts).unwrap_or_default(),
-        sink: take(&mut f.sink),
-    })
+        f,
+        &missing,
+    )?;
+    // What a method or grant does not use is not kept (nor read at a fetch, nor part of the cache key).
+    s.allow_http = allow_http;
+    s.client_secret = s.client_secret.take().filter(|_| auth.uses_secret());
+    s.private_key = s
+        .private_key
+        .take()
+        .filter(|_| auth == AuthMethod::PrivateKeyJwt);
+    s.client_cert = s.client_cert.take().filter(|_| auth.uses_tls());
+    s.client_key = s.client_key.take().filter(|_| auth.uses_tls());
+    let exchange = grant == Grant::TokenExchange;
+    s.subject_token = s.subject_token.take().filter(|_| exchange);
+    s.actor_token = s.actor_token.take().filter(|_| exchange);
+    Ok(s)
 }

@@ -66,108 +66,28 @@ impl Settings {
         fill_header(&self.header, token)
     }
 
-    /// The resolved settings as `(field, value)` rows for display; secrets show their source only.
+    /// The resolved settings as `(field, value)` rows for display, every declared field in declaration order
+    /// (`fields!`), after the provider, environment and token endpoint; secrets show their source only.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-        let url = |o: &Option<Url>| o.as_ref().map_or_else(|| "-".into(), Url::to_string);
-        let d = crate::duration::format;
-        vec![
-            ("provider", opt(&self.provider)),
-            ("environment", opt(&self.environment)),
-            ("kind", self.kind.as_str().into()),
+        let assertion = matches!(
+            self.auth,
+            AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt
+        );
+        let mut rows = vec![
+            ("provider", self.provider.shown()),
+            ("environment", self.environment.shown()),
             ("token endpoint", self.configured_endpoint()),
-            ("api", url(&self.api)),
-            ("app", url(&self.app)),
-            ("client_id", self.client_id.describe()),
-            (
-                "client_secret",
-                self.client_secret
-                    .as_ref()
-                    .map_or_else(|| "-".into(), SecretSource::describe),
-            ),
-            ("auth", self.auth.as_str().into()),
-            ("grant", self.grant.as_str().into()),
-            ("body", self.body.as_str().into()),
-            ("audience", opt(&self.audience)),
-            ("scope", opt(&self.scope)),
-            ("resource", opt(&self.resource)),
-            ("params", format!("{:?}", self.params)),
-            ("header", self.header.clone()),
-            ("token_env", opt(&self.token_env)),
-            ("min_ttl", d(self.min_ttl)),
-            ("default_ttl", d(self.default_ttl)),
-            ("max_ttl", d(self.max_ttl)),
-            ("cache", self.cache.as_str().into()),
-            ("timeout", d(self.timeout)),
-            ("connect_timeout", d(self.connect_timeout)),
-            ("retry", d(self.retry)),
-            ("cooldown", d(self.cooldown)),
-            ("max_cooldown", d(self.max_cooldown)),
-            (
-                "ca_file",
-                self.ca_file
-                    .as_ref()
-                    .map_or_else(|| "-".into(), |p| p.display().to_string()),
-            ),
-            ("allow_http", self.allow_http.to_string()),
-            ("strict", self.strict.to_string()),
-            (
-                "git_hosts",
-                if self.git_hosts.is_empty() {
-                    "-".into()
-                } else {
-                    self.git_hosts.join(", ")
-                },
-            ),
-        ]
-        .into_iter()
-        .chain(self.describe_credentials())
-        .collect()
-    }
-
-    /// The rows of the authentication and exchange fields that are set: sources, never material.
-    fn describe_credentials(&self) -> Vec<(&'static str, String)> {
-        let mut rows = Vec::new();
-        for (field, source) in [
-            ("private_key", &self.private_key),
-            ("client_cert", &self.client_cert),
-            ("client_key", &self.client_key),
-        ] {
-            if let Some(s) = source {
-                rows.push((field, s.describe()));
+        ];
+        rows.extend(self.field_rows().into_iter().map(|(field, shown)| {
+            match field {
+                // The values the defaults resolve to.
+                "body" => (field, self.body().as_str().to_owned()),
+                "signing_alg" if assertion && self.signing_alg.is_none() => {
+                    (field, "from the key".to_owned())
+                }
+                _ => (field, shown),
             }
-        }
-        if self.auth == AuthMethod::PrivateKeyJwt || self.auth == AuthMethod::ClientSecretJwt {
-            rows.push((
-                "signing_alg",
-                self.signing_alg
-                    .map_or_else(|| "from the key".into(), |a| a.as_str().into()),
-            ));
-            rows.push(("key_id", self.key_id.clone().unwrap_or_else(|| "-".into())));
-            rows.push((
-                "assertion_audience",
-                self.assertion_audience.as_str().into(),
-            ));
-        }
-        if self.grant == Grant::TokenExchange {
-            let token = |t: &Option<TokenSource>| {
-                t.as_ref().map_or_else(|| "-".into(), TokenSource::describe)
-            };
-            rows.push(("subject_token", token(&self.subject_token)));
-            rows.push(("subject_token_type", self.subject_token_type.clone()));
-            if self.actor_token.is_some() {
-                rows.push(("actor_token", token(&self.actor_token)));
-                rows.push((
-                    "actor_token_type",
-                    self.actor_token_type
-                        .clone()
-                        .unwrap_or_else(|| ACCESS_TOKEN_TYPE.into()),
-                ));
-            }
-            if let Some(r) = &self.requested_token_type {
-                rows.push(("requested_token_type", r.clone()));
-            }
-        }
+        }));
         rows
     }
 

@@ -261,3 +261,24 @@ fn shared_cache_tables_are_checked_where_they_are_written() {
         assert!(e.contains("config.toml:"), "names the file and line: {e}");
     }
 }
+
+#[test]
+fn every_declared_field_is_a_row_of_broker_check() {
+    let config = Config::parse(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"https://a.example/t\"\nclient_id = \"id\"\nclient_secret = \"s\"\n",
+    )
+    .unwrap();
+    let settings = config.resolve("p", &Default::default()).unwrap();
+    let rows = settings.describe();
+    let shown: Vec<&str> = rows.iter().map(|(name, _)| *name).collect();
+    for field in Fields::NAMES {
+        assert!(
+            shown.contains(field),
+            "`{field}` is declared but `broker check` does not show it"
+        );
+    }
+    assert!(
+        !rows.iter().any(|(_, v)| v.contains('s') && v == "s"),
+        "a literal secret is shown: {rows:?}"
+    );
+}

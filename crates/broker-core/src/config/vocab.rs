@@ -225,8 +225,31 @@ impl CacheMode {
     }
 }
 
+/// The type a field has in [`Settings`]: `Option<T>` unless it has a default or is required.
+macro_rules! settled_ty {
+    ([] $ty:ty) => { Option<$ty> };
+    ([= $default:expr] $ty:ty) => { $ty };
+    ([required] $ty:ty) => { $ty };
+}
+
+/// A field's value in [`Settings`], taken from the layered `Fields`.
+macro_rules! settled_value {
+    ([] $f:ident $name:ident $missing:ident) => {
+        super::resolve::take(&mut $f.$name)
+    };
+    ([= $default:expr] $f:ident $name:ident $missing:ident) => {
+        super::resolve::take(&mut $f.$name).unwrap_or_else(|| $default)
+    };
+    ([required] $f:ident $name:ident $missing:ident) => {
+        super::resolve::take(&mut $f.$name).ok_or_else(|| $missing(stringify!($name)))?
+    };
+}
+
+/// The one declaration of every field (docs/providers.md has a row for each, which `tests.rs` checks): its type,
+/// its parser, and in brackets how it settles: `[]` optional, `[= default]`, or `[required]`. It generates the
+/// layer type [`Fields`] (parsing and overlay), [`Settings`] (the resolved values) and its `broker check` rows.
 macro_rules! fields {
-    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $parser:ident ),* $(,)?) => {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty => $parser:ident [$($settle:tt)*] ),* $(,)?) => {
         /// The settings vocabulary shared by provider files, environments, `[defaults]` and profiles.
         /// Every field is optional at each layer; [`Fields::overlay`] applies a higher layer. Each set field is
         /// boxed: a table sets a handful of some thirty fields, and a 10,000-profile config then weighs a few
@@ -256,96 +279,177 @@ macro_rules! fields {
                 $( if upper.$name.is_some() { self.$name = upper.$name.clone(); } )*
             }
         }
+
+        /// A profile's settings after precedence and defaults: what a provider is built from.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            /// Profile name.
+            pub(crate) profile: String,
+            /// Provider definition name, if the profile uses one.
+            pub(crate) provider: Option<String>,
+            /// Canonical environment name, if any.
+            pub(crate) environment: Option<String>,
+            /// Where each secret-source field was set, for errors of their sources.
+            pub(crate) positions: Vec<(&'static str, Origin)>,
+            $( $(#[$doc])* pub(crate) $name: settled_ty!([$($settle)*] $ty), )*
+        }
+
+        impl Settings {
+            /// Settles every field of `f` (its default, or an error from `missing` for a required one).
+            pub(super) fn from_fields(
+                profile: String,
+                provider: Option<String>,
+                environment: Option<String>,
+                positions: Vec<(&'static str, Origin)>,
+                mut f: Fields,
+                missing: &dyn Fn(&'static str) -> Error,
+            ) -> Result<Settings> {
+                Ok(Settings {
+                    profile,
+                    provider,
+                    environment,
+                    positions,
+                    $( $name: settled_value!([$($settle)*] f $name missing), )*
+                })
+            }
+
+            /// Every field as a `(name, value)` row, in declaration order: secrets show their source only.
+            pub(super) fn field_rows(&self) -> Vec<(&'static str, String)> {
+                vec![$( (stringify!($name), Shown::shown(&self.$name)), )*]
+            }
+        }
     };
 }
 
 fields! {
     /// Wire kind.
-    kind: Kind => p_kind,
+    kind: Kind => p_kind [required],
     /// Keycloak server base URL.
-    auth_server: Url => p_url,
+    auth_server: Url => p_url [],
     /// Keycloak realm.
-    realm: String => p_str,
+    realm: String => p_str [],
     /// Keycloak under `/auth`.
-    legacy_path: bool => p_bool,
+    legacy_path: bool => p_bool [= false],
     /// Explicit token endpoint.
-    token_url: Url => p_url,
+    token_url: Url => p_url [],
     /// Issuer for discovery.
-    issuer: Url => p_url,
+    issuer: Url => p_url [],
     /// The API endpoint.
-    api: Url => p_url,
+    api: Url => p_url [],
     /// The web app.
-    app: Url => p_url,
+    app: Url => p_url [],
     /// Client id.
-    client_id: SecretSource => p_secret,
-    /// Client secret.
-    client_secret: SecretSource => p_secret,
+    client_id: SecretSource => p_secret [required],
+    /// Client secret (kept only for the methods that use one).
+    client_secret: SecretSource => p_secret [],
     /// Client authentication method.
-    auth: AuthMethod => p_auth,
+    auth: AuthMethod => p_auth [= AuthMethod::ClientSecretPost],
     /// The grant asked for.
-    grant: Grant => p_grant,
+    grant: Grant => p_grant [= Grant::ClientCredentials],
     /// PEM private key for `private_key_jwt` (a `{ file }` is read whole).
-    private_key: SecretSource => p_secret,
+    private_key: SecretSource => p_secret [],
     /// The `kid` of the assertion's header.
-    key_id: String => p_str,
+    key_id: String => p_str [],
     /// The assertion's JWS algorithm.
-    signing_alg: SigningAlg => p_signing_alg,
+    signing_alg: SigningAlg => p_signing_alg [],
     /// The assertion's `aud`.
-    assertion_audience: AssertionAudience => p_assertion_audience,
+    assertion_audience: AssertionAudience => p_assertion_audience [= AssertionAudience::TokenEndpoint],
     /// PEM client certificate for mutual TLS.
-    client_cert: SecretSource => p_secret,
+    client_cert: SecretSource => p_secret [],
     /// PEM private key of `client_cert`.
-    client_key: SecretSource => p_secret,
+    client_key: SecretSource => p_secret [],
     /// The token exchanged (`grant = "token_exchange"`): a secret source or `{ profile = "other" }`.
-    subject_token: TokenSource => p_token_source,
+    subject_token: TokenSource => p_token_source [],
     /// `subject_token_type`.
-    subject_token_type: String => p_str,
+    subject_token_type: String => p_str [= super::ACCESS_TOKEN_TYPE.to_owned()],
     /// An optional actor token: a secret source or `{ profile = "other" }`.
-    actor_token: TokenSource => p_token_source,
+    actor_token: TokenSource => p_token_source [],
     /// `actor_token_type`.
-    actor_token_type: String => p_str,
+    actor_token_type: String => p_str [],
     /// `requested_token_type`.
-    requested_token_type: String => p_str,
-    /// Request body encoding.
-    body: BodyFormat => p_body,
+    requested_token_type: String => p_str [],
+    /// Request body encoding (default: JSON for `auth0`, else a form; [`Settings::body`]).
+    body: BodyFormat => p_body [],
     /// `audience` parameter.
-    audience: String => p_str,
+    audience: String => p_str [],
     /// `scope` parameter.
-    scope: String => p_str,
+    scope: String => p_str [],
     /// `resource` parameter.
-    resource: String => p_str,
+    resource: String => p_str [],
     /// Extra string parameters.
-    params: BTreeMap<String, String> => p_params,
+    params: BTreeMap<String, String> => p_params [= BTreeMap::new()],
     /// Header line template containing `{token}`.
-    header: String => p_header,
+    header: String => p_header [= DEFAULT_HEADER.to_owned()],
     /// Environment variable `broker exec` sets.
-    token_env: String => p_str,
+    token_env: String => p_str [],
     /// Minimum remaining life of a served token.
-    min_ttl: Duration => p_duration,
+    min_ttl: Duration => p_duration [= DEFAULT_MIN_TTL],
     /// Lifetime assumed when the response says none.
-    default_ttl: Duration => p_duration,
+    default_ttl: Duration => p_duration [= DEFAULT_DEFAULT_TTL],
     /// Longest lifetime cached.
-    max_ttl: Duration => p_duration,
+    max_ttl: Duration => p_duration [= DEFAULT_MAX_TTL],
     /// Cache mode.
-    cache: CacheMode => p_cache,
+    cache: CacheMode => p_cache [= CacheMode::Disk],
     /// Request timeout.
-    timeout: Duration => p_duration,
+    timeout: Duration => p_duration [= DEFAULT_TIMEOUT],
     /// Connect timeout.
-    connect_timeout: Duration => p_duration,
+    connect_timeout: Duration => p_duration [= DEFAULT_CONNECT_TIMEOUT],
     /// Total retry budget.
-    retry: Duration => p_duration,
+    retry: Duration => p_duration [= DEFAULT_RETRY],
     /// Pause after a rejection.
-    cooldown: Duration => p_duration,
+    cooldown: Duration => p_duration [= DEFAULT_COOLDOWN],
     /// Longest cool-down, whatever a provider's `Retry-After` asks.
-    max_cooldown: Duration => p_duration,
+    max_cooldown: Duration => p_duration [= DEFAULT_MAX_COOLDOWN],
     /// Extra PEM roots.
-    ca_file: PathBuf => p_path,
+    ca_file: PathBuf => p_path [],
     /// Permit `http://` for a non-loopback token URL.
-    allow_http: bool => p_bool,
+    allow_http: bool => p_bool [= false],
     /// Refuse what is otherwise a warning about the credentials (a short `client_secret_jwt` key).
-    strict: bool => p_bool,
+    strict: bool => p_bool [= false],
     /// Hosts `broker git-credential` answers for (default: the `api` host).
-    git_hosts: Vec<String> => p_str_list,
+    git_hosts: Vec<String> => p_str_list [= Vec::new()],
     /// A token file the daemon keeps fresh.
-    sink: Sink => p_sink,
+    sink: Sink => p_sink [],
+}
+
+/// How a settled value is shown in `broker check`: sources for secrets, never values; `-` when unset.
+pub(super) trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl<T: Shown> Shown for Option<T> {
+    fn shown(&self) -> String {
+        self.as_ref().map_or_else(|| "-".into(), Shown::shown)
+    }
+}
+
+macro_rules! shown_by {
+    ($($ty:ty => $f:expr),* $(,)?) => {
+        $( impl Shown for $ty {
+            fn shown(&self) -> String {
+                #[allow(clippy::redundant_closure_call)]
+                ($f)(self)
+            }
+        } )*
+    };
+}
+
+shown_by! {
+    Kind => |v: &Kind| v.as_str().to_owned(),
+    AuthMethod => |v: &AuthMethod| v.as_str().to_owned(),
+    Grant => |v: &Grant| v.as_str().to_owned(),
+    SigningAlg => |v: &SigningAlg| v.as_str().to_owned(),
+    AssertionAudience => |v: &AssertionAudience| v.as_str().to_owned(),
+    BodyFormat => |v: &BodyFormat| v.as_str().to_owned(),
+    CacheMode => |v: &CacheMode| v.as_str().to_owned(),
+    Url => |v: &Url| v.to_string(),
+    String => |v: &String| v.clone(),
+    bool => |v: &bool| v.to_string(),
+    Duration => |v: &Duration| crate::duration::format(*v),
+    PathBuf => |v: &PathBuf| v.display().to_string(),
+    SecretSource => SecretSource::describe,
+    TokenSource => TokenSource::describe,
+    BTreeMap<String, String> => |v: &BTreeMap<String, String>| if v.is_empty() { "-".to_owned() } else { format!("{v:?}") },
+    Vec<String> => |v: &Vec<String>| if v.is_empty() { "-".to_owned() } else { v.join(", ") },
+    Sink => |v: &Sink| format!("{} ({}, mode {:o})", v.path.display(), v.format, v.mode),
 }

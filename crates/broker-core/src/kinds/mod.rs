@@ -92,6 +92,7 @@ impl std::fmt::Debug for HttpProvider {
 impl HttpProvider {
     /// A provider for resolved `settings`. No client is built until the first fetch.
     pub fn new(s: Settings) -> Self {
+        let body = s.body();
         let endpoint = s.token_endpoint();
         let audience = match s.assertion_audience {
             AssertionAudience::TokenEndpoint => None,
@@ -149,7 +150,7 @@ impl HttpProvider {
             client_key: s.client_key,
             subject_token: s.subject_token,
             actor_token: s.actor_token,
-            body: s.body,
+            body,
             params,
             allow_http: s.allow_http,
             strict: s.strict,

@@ -137,5 +137,4 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
 }

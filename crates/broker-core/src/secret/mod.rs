@@ -341,7 +341,6 @@ pub(crate) async fn off_thread<T: Send + 'static>(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
