@@ -215,6 +215,18 @@ impl Error {
         self.message = format!("{context}: {}", self.message);
         self
     }
+
+    /// The one rule that names the profile in an error from its provider, built-in or custom: `profile `name`: `
+    /// in front, unless the message already starts with it (the built-in providers say `profile `name`
+    /// (provider p, environment e)`).
+    pub fn for_profile(self, profile: &str) -> Self {
+        let named = format!("profile `{profile}`");
+        if self.message.starts_with(&named) {
+            self
+        } else {
+            self.context(named)
+        }
+    }
 }
 
 /// The one "unknown profile" error, wherever a name is looked up: the closest known name, then the known ones, or

@@ -4,8 +4,7 @@
 
 use super::*;
 
-/// The error of a cool-down in force. The stored message names the profile already when its provider's did (the
-/// built-in ones do); otherwise the profile is put in front.
+/// The error of a cool-down in force, the profile named by [`Error::for_profile`] like every provider error.
 pub(super) fn cooling_down(p: &Profile, c: &Cooldown, now: SystemTime) -> Error {
     let at = humantime::format_rfc3339_seconds(c.until);
     let left = crate::duration::format(c.until.duration_since(now).unwrap_or_default());
@@ -16,13 +15,9 @@ pub(super) fn cooling_down(p: &Profile, c: &Cooldown, now: SystemTime) -> Error 
     } else {
         format!("not asking the provider again before {at} (cool-down, {left} left; --force-refresh overrides)")
     };
-    let e = Error::new(c.kind, format!("{}; {why}", c.message)).with_retry_at(Some(c.until));
-    let profile = format!("profile `{}`", p.name);
-    if c.message.contains(&profile) {
-        e
-    } else {
-        e.context(profile)
-    }
+    Error::new(c.kind, format!("{}; {why}", c.message))
+        .with_retry_at(Some(c.until))
+        .for_profile(&p.name)
 }
 
 impl Broker {
@@ -146,7 +141,11 @@ impl Broker {
         previous: Option<&AccessToken>,
     ) -> Result<(Arc<AccessToken>, Option<String>)> {
         let started = std::time::Instant::now();
-        let fetched = p.provider.fetch(cx).await;
+        let fetched = p
+            .provider
+            .fetch(cx)
+            .await
+            .map_err(|e| e.for_profile(&p.name));
         if let Some(o) = &self.observer {
             o.upstream(
                 &p.name,

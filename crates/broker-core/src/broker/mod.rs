@@ -396,4 +396,49 @@ mod tests {
             std::mem::size_of_val(&call)
         );
     }
+
+    /// A provider that fails with `message`.
+    struct Failing(&'static str);
+
+    #[async_trait::async_trait]
+    impl Provider for Failing {
+        fn describe(&self) -> String {
+            "failing".into()
+        }
+        fn cache_key(&self) -> Result<CacheKey> {
+            Ok(CacheKey::from_parts([self.0.as_bytes()]))
+        }
+        async fn fetch(&self, _: &FetchContext<'_>) -> Result<crate::provider::Fetched> {
+            Err(Error::rejected(self.0))
+        }
+    }
+
+    /// Every provider's error names the profile once, by one rule, and so does the cool-down it leaves.
+    #[test]
+    fn provider_errors_name_the_profile_once_by_one_rule() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (message, want) in [
+            ("nope", "profile `p`: nope"),
+            (
+                "profile `p` (provider x): nope",
+                "profile `p` (provider x): nope",
+            ),
+        ] {
+            let broker = Broker::builder()
+                .profile("p", Arc::new(Failing(message)), Policy::default())
+                .build();
+            for round in ["the fetch", "the cool-down"] {
+                let e = rt
+                    .block_on(broker.token("p", &TokenRequest::default()))
+                    .err()
+                    .map(|e| e.message().to_owned())
+                    .unwrap_or_default();
+                assert!(e.starts_with(want), "{round}: {e}");
+                assert_eq!(e.matches("profile `p`").count(), 1, "{round}: {e}");
+            }
+        }
+    }
 }
