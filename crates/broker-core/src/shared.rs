@@ -46,8 +46,9 @@ pub struct SharedStats {
 /// A Redis shared by a fleet, with the fleet key.
 pub struct SharedCache {
     client: redis::Client,
-    /// The connection (read with bounds: `redis_conn`), made on first use and dropped when a command fails.
-    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The connection (read with bounds: `redis_conn`), made on first use and dropped when a command fails. An
+    /// async mutex: a thousand callers of a cold daemon wait for one connection instead of making one each.
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// Where the fleet key comes from, read on first use (a warm local hit never reads it).
     key_source: Option<(crate::secret::SecretSource, String)>,
     /// The cipher and the key's fingerprint; `None` when the key could not be read (then the fleet is not used).
@@ -129,7 +130,7 @@ impl SharedCache {
         getrandom::getrandom(&mut owner).map_err(|e| Error::internal(e.to_string()))?;
         Ok(SharedCache {
             client,
-            conn: Mutex::new(None),
+            conn: tokio::sync::Mutex::new(None),
             key_source: None,
             cipher: std::sync::OnceLock::new(),
             prefix: prefix.to_owned(),
@@ -247,13 +248,15 @@ impl SharedCache {
     {
         let within = self.answer_within;
         let outcome = tokio::time::timeout(within, async {
-            let open = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let conn = match open {
-                Some(c) => c,
-                None => {
-                    let c = crate::redis_conn::connect(&self.client, within).await?;
-                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-                    c
+            let conn = {
+                let mut open = self.conn.lock().await;
+                match &*open {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = crate::redis_conn::connect(&self.client, within).await?;
+                        *open = Some(c.clone());
+                        c
+                    }
                 }
             };
             f(conn).await
@@ -270,7 +273,7 @@ impl SharedCache {
             failed => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 // A connection that failed (or read something out of bounds) is not used again.
-                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self.conn.lock().await = None;
                 *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Instant::now() + DOWN_FOR);
                 let why = match failed {

@@ -34,28 +34,43 @@ impl Broker {
         let deadline = add_saturating(self.clock.now(), p.policy.lock_wait);
         let mut waited = false;
         loop {
-            if let Some(e) = shared.read(key, !waited).await {
-                let token = e.token.clone();
-                let endpoint = e.endpoint.clone();
-                *known = merge(std::mem::take(known), e);
-                if let Some(t) = self.adopt(
-                    token,
-                    slot,
-                    self.clock.now(),
-                    req,
-                    p.policy.min_ttl,
-                    asked_at,
-                ) {
-                    save_token(p, key, disk, &t, endpoint);
-                    return FromFleet::Served(t);
+            let read = self
+                .adopt_shared(p, shared, key, slot, disk, req, asked_at, known, !waited)
+                .await;
+            match read {
+                Some(Some(t)) => return FromFleet::Served(t),
+                // An entry that does not serve: a shared cool-down in force is obeyed.
+                Some(None) => {
+                    let now = self.clock.now();
+                    if !req.force_refresh && known.cooldown.as_ref().is_some_and(|c| now < c.until)
+                    {
+                        return FromFleet::Alone;
+                    }
                 }
-                let now = self.clock.now();
-                if !req.force_refresh && known.cooldown.as_ref().is_some_and(|c| now < c.until) {
-                    return FromFleet::Alone;
-                }
+                None => {}
             }
             match shared.lock(key, p.policy.lock_wait).await {
-                Some(true) => return FromFleet::Locked,
+                Some(true) => {
+                    // Read once more under the lock: the host before us may have shared its token and released
+                    // the lock between our read and our lock.
+                    let again = self
+                        .adopt_shared(p, shared, key, slot, disk, req, asked_at, known, false)
+                        .await;
+                    let now = self.clock.now();
+                    let cooling = !req.force_refresh
+                        && known.cooldown.as_ref().is_some_and(|c| now < c.until);
+                    return match again.flatten() {
+                        Some(t) => {
+                            shared.unlock(key).await;
+                            FromFleet::Served(t)
+                        }
+                        None if cooling => {
+                            shared.unlock(key).await;
+                            FromFleet::Alone
+                        }
+                        None => FromFleet::Locked,
+                    };
+                }
                 None => return FromFleet::Alone,
                 Some(false) => {}
             }
@@ -81,6 +96,35 @@ impl Broker {
             }
             self.clock.sleep(crate::shared::POLL_EVERY).await;
         }
+    }
+
+    /// Reads the fleet's entry of `key` (merged into `known`) and takes its token if it serves this request (kept on
+    /// disk and in memory here): `None` when there is no entry, `Some(None)` when it does not serve. `count`: whether
+    /// the read counts as a hit or a miss.
+    #[cfg(feature = "shared-cache")]
+    #[allow(clippy::too_many_arguments)]
+    async fn adopt_shared(
+        &self,
+        p: &Profile,
+        shared: &crate::shared::SharedCache,
+        key: &CacheKey,
+        slot: &Slot,
+        disk: Option<&DiskCache>,
+        req: &TokenRequest,
+        asked_at: SystemTime,
+        known: &mut Entry,
+        count: bool,
+    ) -> Option<Option<Arc<AccessToken>>> {
+        let e = shared.read(key, count).await?;
+        let token = e.token.clone();
+        let endpoint = e.endpoint.clone();
+        *known = merge(std::mem::take(known), e);
+        let now = self.clock.now();
+        let served = self.adopt(token, slot, now, req, p.policy.min_ttl, asked_at);
+        if let Some(t) = &served {
+            save_token(p, key, disk, t, endpoint);
+        }
+        Some(served)
     }
 
     /// Puts what this host learned (a token, or a cool-down with the token still held) into the fleet's cache, for as
