@@ -91,6 +91,20 @@ pub fn broker_all(config: &Config) -> Result<Broker> {
     Ok(b.build())
 }
 
+/// [`settings_and_token`] with no overrides and a plain request: `exec`, `curl` and `inspect`.
+pub fn profile_token(
+    g: &Globals,
+    profile: &str,
+) -> Result<(Settings, std::sync::Arc<broker_core::AccessToken>)> {
+    settings_and_token(
+        g,
+        profile,
+        &Default::default(),
+        &broker_core::TokenRequest::default(),
+        false,
+    )
+}
+
 /// Resolves `profile` and gets its token: what every token-printing command does.
 pub fn settings_and_token(
     g: &Globals,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 
-use broker_core::{Error, TokenRequest};
+use broker_core::Error;
 use secrecy::ExposeSecret;
 
 use crate::context;
@@ -45,13 +45,7 @@ pub fn join_url(api: Option<&url::Url>, url: &str, profile: &str) -> Result<Stri
 }
 
 pub fn run(g: &Globals, args: &Args) -> CmdResult {
-    let (settings, token) = context::settings_and_token(
-        g,
-        &args.profile,
-        &Default::default(),
-        &TokenRequest::default(),
-        false,
-    )?;
+    let (settings, token) = context::profile_token(g, &args.profile)?;
     let url = join_url(settings.api(), &args.url, &args.profile)?;
     let io = |e: std::io::Error| Error::internal(format!("cannot pass the header to curl: {e}"));
     let (reader, mut writer) = std::io::pipe().map_err(io)?;

@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 
-use broker_core::TokenRequest;
 use secrecy::ExposeSecret;
 
 use crate::context;
@@ -26,13 +25,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, args: &Args) -> CmdResult {
-    let (settings, token) = context::settings_and_token(
-        g,
-        &args.profile,
-        &Default::default(),
-        &TokenRequest::default(),
-        false,
-    )?;
+    let (settings, token) = context::profile_token(g, &args.profile)?;
     let Some((program, rest)) = args.command.split_first() else {
         return Err(broker_core::Error::usage("no command given after `--`").into());
     };

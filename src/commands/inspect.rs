@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use broker_core::credential::ClientCert;
 use broker_core::secret::SecretSource;
 use broker_core::token::{jwt_claims, jwt_header};
-use broker_core::{Error, TokenRequest};
+use broker_core::Error;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -31,13 +31,7 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
             .map_err(|e| Error::usage(format!("cannot read standard input: {e}")))?;
         (s.trim().to_owned(), None)
     } else {
-        let (settings, t) = context::settings_and_token(
-            g,
-            &args.target,
-            &Default::default(),
-            &TokenRequest::default(),
-            false,
-        )?;
+        let (settings, t) = context::profile_token(g, &args.target)?;
         cert = configured_thumbprint(&settings);
         (t.secret().expose_secret().to_owned(), Some(t.expires_at()))
     };
