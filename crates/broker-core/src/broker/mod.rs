@@ -1,5 +1,5 @@
 //! The broker: profiles, one in-memory slot per cache key, the disk cache; the refresh logic of docs/reference.md
-//! §2–§4 is in `refresh.rs`.
+//! §2–§4 is in `refresh.rs`, `fleet.rs` and `fetch.rs`; the builder in `builder.rs`.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,7 @@
 //! The vocabulary: the wire kinds and methods, and the one declaration of every field (`fields!`), which
-//! generates the parser dispatch and the overlay of layers.
+//! generates the layer struct, its parser dispatch and overlay, the resolved `Settings`, their defaults and the
+//! rows `broker check` shows. *Invariant: adding a field is one line here (and its row in docs/providers.md, which
+//! `tests.rs` checks).*
 
 use super::*;
 
