@@ -103,19 +103,7 @@ pub fn render(
     Ok(match format {
         Format::Token => format!("{raw}\n"),
         Format::Header => format!("{}\n", settings.header_line(raw)),
-        Format::Json => {
-            let v = TokenJson {
-                access_token: raw.into(),
-                token_type: token.token_type().into(),
-                expires_at: rfc3339(token.expires_at()),
-                expires_in: token.remaining(now).as_secs(),
-                profile: settings.profile.clone(),
-                header: settings.header_line(raw),
-            };
-            let text = serde_json::to_string(&v)
-                .map_err(|e| broker_core::Error::internal(format!("cannot write JSON: {e}")))?;
-            format!("{text}\n")
-        }
+        Format::Json => token_json(settings, token, now),
         Format::Env => {
             let mut out = format!("export BROKER_TOKEN={}\n", shell_quote(raw));
             if let Some(name) = &settings.token_env {
@@ -135,6 +123,53 @@ pub fn render(
             format!("{v}\n")
         }
     })
+}
+
+/// The `json` format, written field by field into one buffer: the same text as `serde_json` makes of a
+/// [`TokenJson`] (`tests::token_json_is_what_serde_writes`), without copying the token into it twice first. The
+/// daemon answers every cache hit with it, so it is the daemon's hot path.
+fn token_json(settings: &Shown, token: &AccessToken, now: SystemTime) -> String {
+    let raw = token.secret().expose_secret();
+    let mut out = String::with_capacity(2 * raw.len() + settings.header.len() + 160);
+    out.push_str("{\"access_token\":");
+    json_str(&mut out, &[raw]);
+    out.push_str(",\"token_type\":");
+    json_str(&mut out, &[token.token_type()]);
+    out.push_str(",\"expires_at\":\"");
+    out.push_str(&rfc3339(token.expires_at()));
+    out.push_str("\",\"expires_in\":");
+    out.push_str(&token.remaining(now).as_secs().to_string());
+    out.push_str(",\"profile\":");
+    json_str(&mut out, &[&settings.profile]);
+    out.push_str(",\"header\":");
+    let mut parts = Vec::with_capacity(3);
+    for (i, piece) in settings.header.split("{token}").enumerate() {
+        if i > 0 {
+            parts.push(raw);
+        }
+        parts.push(piece);
+    }
+    json_str(&mut out, &parts);
+    out.push_str("}\n");
+    out
+}
+
+/// Appends the pieces, joined, as one JSON string. A piece with nothing to escape (the usual token: printable
+/// ASCII) is copied as it is, found by a check the compiler vectorises; any other goes through `serde_json`.
+fn json_str(out: &mut String, pieces: &[&str]) {
+    out.push('"');
+    for piece in pieces {
+        let plain = piece.as_bytes().chunks(32).all(|c| {
+            c.iter()
+                .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'))
+        });
+        if plain {
+            out.push_str(piece);
+        } else if let Ok(quoted) = serde_json::to_string(piece) {
+            out.push_str(&quoted[1..quoted.len() - 1]); // cannot fail on a str; quotes off
+        }
+    }
+    out.push('"');
 }
 
 /// The ExecCredential apiVersion kubectl asked for in `KUBERNETES_EXEC_INFO` (v1 when it said nothing).
@@ -233,4 +268,47 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_core::AccessToken;
+    use secrecy::SecretString;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn token_json_is_what_serde_writes() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        for (raw, header, profile) in [
+            ("eyJ.abc-_.def", "Authorization: Bearer {token}", "ion-prod"),
+            ("t\"o\\k", "X-Key: \"{token}\" and {token}", "pr\u{e9}\"f"),
+            ("plain", "Static-Header: none", "p"),
+            ("", "{token}{token}", "{token}"),
+        ] {
+            let token = AccessToken::new(
+                SecretString::from(raw.to_owned()),
+                "Bearer",
+                at(10),
+                at(4000),
+            );
+            let shown = Shown {
+                profile: profile.into(),
+                header: header.into(),
+                token_env: None,
+            };
+            let now = at(1000);
+            let expected = TokenJson {
+                access_token: raw.into(),
+                token_type: "Bearer".into(),
+                expires_at: rfc3339(at(4000)),
+                expires_in: 3000,
+                profile: profile.into(),
+                header: shown.header_line(raw),
+            };
+            let expected = format!("{}\n", serde_json::to_string(&expected).unwrap());
+            let got = render(Format::Json, &shown, &token, now, Duration::ZERO).unwrap();
+            assert_eq!(got, expected);
+        }
+    }
 }

@@ -3,68 +3,74 @@
 
 use super::*;
 
-/// Checks the peer's uid on the Unix socket.
-pub(super) async fn uid_guard(
-    State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if !peer.uid.is_some_and(|u| daemon.allowed_uids.contains(&u)) {
-        tracing::warn!("refused a connection from uid {:?}", peer.uid);
-        return error_response(
-            &Error::new(ErrorKind::Usage, "this uid may not use the daemon"),
-            StatusCode::FORBIDDEN,
-        );
-    }
-    next.run(req).await
+/// Who a connection is, and the checks its every request passes before routing: on the Unix socket the peer's
+/// uid, on the TCP listener `Authorization: Bearer <key>` in constant time; on both the config fingerprint (a
+/// request carrying another one is answered 409 before any work), stamped on every answer. Plain functions on the
+/// connection's side rather than router middleware, since every cache hit passes them.
+#[derive(Clone)]
+pub(super) struct Gate {
+    pub(super) daemon: Arc<Daemon>,
+    pub(super) who: Who,
 }
 
-/// Checks `Authorization: Bearer <key>` on the TCP listener, in constant time.
-pub(super) async fn key_guard(
-    State(key): State<Arc<String>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    use subtle::ConstantTimeEq;
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-        // Answered, then closed: a connection without the key holds nothing open.
-        let mut resp = error_response(
-            &Error::usage("missing or wrong key: send Authorization: Bearer <daemon.key>"),
-            StatusCode::UNAUTHORIZED,
-        );
-        resp.headers_mut()
-            .insert("connection", HeaderValue::from_static("close"));
-        return resp;
-    }
-    next.run(req).await
+#[derive(Clone)]
+pub(super) enum Who {
+    /// A Unix-socket peer, with its uid if the kernel said it.
+    Unix(Option<u32>),
+    /// A TCP client, which must send this key.
+    Tcp(Arc<str>),
 }
 
-/// Stamps every answer with the config fingerprint, and answers 409 before doing any work when the request carries
-/// another one (a CLI with another configuration, which then works in-process).
-pub(super) async fn stamp(State(daemon): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
-    let fingerprint = daemon.loaded().fingerprint.clone();
-    let theirs = req
-        .headers()
-        .get("broker-config")
-        .map(HeaderValue::as_bytes);
-    let mut resp = match theirs {
-        Some(t) if t != fingerprint.as_bytes() => error_response(
-            &Error::usage("this daemon runs another configuration (see the Broker-Config header)"),
-            StatusCode::CONFLICT,
-        ),
-        _ => next.run(req).await,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fingerprint) {
-        resp.headers_mut().insert("broker-config", v);
+impl Gate {
+    /// The answer to a request refused before routing, if it is.
+    pub(super) fn refuse<B>(&self, req: &axum::http::Request<B>) -> Option<Response> {
+        match &self.who {
+            Who::Unix(uid) if !uid.is_some_and(|u| self.daemon.allowed_uids.contains(&u)) => {
+                tracing::warn!("refused a connection from uid {uid:?}");
+                return Some(error_response(
+                    &Error::new(ErrorKind::Usage, "this uid may not use the daemon"),
+                    StatusCode::FORBIDDEN,
+                ));
+            }
+            Who::Tcp(key) => {
+                use subtle::ConstantTimeEq;
+                let given = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+                    // Answered, then closed: a connection without the key holds nothing open.
+                    let mut resp = error_response(
+                        &Error::usage(
+                            "missing or wrong key: send Authorization: Bearer <daemon.key>",
+                        ),
+                        StatusCode::UNAUTHORIZED,
+                    );
+                    resp.headers_mut()
+                        .insert("connection", HeaderValue::from_static("close"));
+                    return Some(resp);
+                }
+            }
+            Who::Unix(_) => {}
+        }
+        let theirs = req.headers().get("broker-config")?;
+        (theirs != self.daemon.loaded().fingerprint).then(|| {
+            error_response(
+                &Error::usage(
+                    "this daemon runs another configuration (see the Broker-Config header)",
+                ),
+                StatusCode::CONFLICT,
+            )
+        })
     }
-    resp
+
+    /// Stamps an answer with the config fingerprint.
+    pub(super) fn stamp(&self, resp: &mut Response) {
+        let fingerprint = self.daemon.loaded().fingerprint.clone();
+        resp.headers_mut().insert("broker-config", fingerprint);
+    }
 }
 
 /// The error JSON (the CLI's `--format json` error, [`crate::output::error_json`]); an error that says when to

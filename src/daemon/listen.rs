@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::ConnectInfo;
 use axum::serve::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use super::api::Gate;
 
 /// The limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -136,17 +137,17 @@ impl Drop for Answering {
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then lets the open connections finish their requests (for at
-/// most `header_timeout`). `info` gives what a connection's requests carry as `ConnectInfo` (the Unix peer's uid).
-pub async fn serve<L, I>(
+/// most `header_timeout`). `gate` gives a connection its [`Gate`] (who it is: the Unix peer's uid), which every
+/// request passes before `app` and which stamps every answer.
+pub async fn serve<L>(
     mut listener: L,
     app: Router,
     limits: Limits,
-    info: impl Fn(&L::Io) -> Option<I> + Send + 'static,
+    gate: impl Fn(&L::Io) -> Gate + Send + 'static,
     mut stop: watch::Receiver<bool>,
 ) where
     L: Listener,
     L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    I: Clone + Send + Sync + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut refused: u64 = 0;
@@ -166,11 +167,11 @@ pub async fn serve<L, I>(
             refused += 1;
             continue;
         };
-        let info = info(&io);
+        let gate = gate(&io);
         let app = app.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            connection(io, app, limits, info, stop).await;
+            connection(io, app, limits, gate, stop).await;
             drop(permit);
         });
     }
@@ -183,15 +184,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn connection<S, I>(
+async fn connection<S>(
     io: S,
     app: Router,
     limits: Limits,
-    info: Option<I>,
+    gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    I: Clone + Send + Sync + 'static,
 {
     let phase: Shared = Arc::new(Mutex::new(Phase::Idle {
         since: Instant::now(),
@@ -199,16 +199,18 @@ async fn connection<S, I>(
     }));
     let answering = phase.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let mut req = req.map(axum::body::Body::new);
-        if let Some(i) = &info {
-            req.extensions_mut().insert(ConnectInfo(i.clone()));
-        }
         let guard = Answering::start(&answering);
+        let refused = gate.refuse(&req);
         let app = app.clone();
+        let gate = gate.clone();
         async move {
-            let resp = app.oneshot(req).await;
+            let mut resp = match refused {
+                Some(resp) => resp,
+                None => app.oneshot(req.map(axum::body::Body::new)).await?,
+            };
+            gate.stamp(&mut resp);
             drop(guard);
-            resp
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -82,7 +80,8 @@ struct Loaded {
     broker: Broker,
     /// Profile names, sorted, and the config fingerprint: the parsed config itself is not kept.
     names: Vec<String>,
-    fingerprint: String,
+    /// The `Broker-Config` header value (a hex digest, so always a valid one).
+    fingerprint: HeaderValue,
     settings: HashMap<String, Served>,
 }
 
@@ -179,15 +178,10 @@ fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loa
     Ok(Loaded {
         broker: b.build(),
         names: config.profile_names().map(str::to_owned).collect(),
-        fingerprint: config.fingerprint().to_owned(),
+        fingerprint: HeaderValue::from_str(config.fingerprint())
+            .map_err(|_| Error::internal("the config fingerprint is not a header value"))?,
         settings,
     })
-}
-
-/// Peer credentials of a connection.
-#[derive(Clone, Copy, Debug)]
-struct Peer {
-    uid: Option<u32>,
 }
 
 /// Refuses a socket directory that is not ours or that others can write to; creates it 0700 if missing. The
@@ -350,7 +344,6 @@ async fn run_listeners(
         .route("/v1/profiles", get(profiles))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
-        .layer(axum::middleware::from_fn_with_state(daemon.clone(), stamp))
         .with_state(daemon.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = listen::Limits {
@@ -359,23 +352,25 @@ async fn run_listeners(
         idle_timeout: args.idle_timeout,
     };
     let tcp_server = tcp.map(|(listener, key)| {
-        let app = api.clone().layer(axum::middleware::from_fn_with_state(
-            Arc::new(key),
-            key_guard,
-        ));
-        let none = |_: &tokio::net::TcpStream| None::<Peer>;
-        tokio::spawn(listen::serve(listener, app, limits, none, stop_rx.clone()))
+        let gate = Gate {
+            daemon: daemon.clone(),
+            who: Who::Tcp(Arc::from(key)),
+        };
+        let gate = move |_: &tokio::net::TcpStream| gate.clone();
+        tokio::spawn(listen::serve(
+            listener,
+            api.clone(),
+            limits,
+            gate,
+            stop_rx.clone(),
+        ))
     });
-    let unix_app = api.layer(axum::middleware::from_fn_with_state(
-        daemon.clone(),
-        uid_guard,
-    ));
-    let peer = |io: &tokio::net::UnixStream| {
-        Some(Peer {
-            uid: io.peer_cred().ok().map(|c| c.uid()),
-        })
+    let unix_daemon = daemon.clone();
+    let gate = move |io: &tokio::net::UnixStream| Gate {
+        daemon: unix_daemon.clone(),
+        who: Who::Unix(io.peer_cred().ok().map(|c| c.uid())),
     };
-    let unix_server = tokio::spawn(listen::serve(unix, unix_app, limits, peer, stop_rx));
+    let unix_server = tokio::spawn(listen::serve(unix, api, limits, gate, stop_rx));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let served = unix_server.await;
