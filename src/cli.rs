@@ -102,6 +102,11 @@ pub enum Command {
         after_help = "Examples:\n  broker daemon\n  broker daemon --allow-uid 1000 --log-format json\n  curl --unix-socket \"$XDG_RUNTIME_DIR/broker/broker.sock\" http://broker/v1/token/ion-prod"
     )]
     Daemon(crate::daemon::Args),
+    /// A local reverse proxy that adds each profile's header: programs that know only a base URL get the token.
+    #[command(
+        after_help = "Examples:\n  broker proxy --listen 127.0.0.1:8081                 # http://127.0.0.1:8081/ion-prod/graphql\n  broker proxy --profile chili --listen 127.0.0.1:8082  # http://127.0.0.1:8082/... is CHILI's api\n  curl --unix-socket \"$XDG_RUNTIME_DIR/broker/proxy.sock\" http://x/ion-prod/graphql -d '{\"query\":\"{ me { id } }\"}'"
+    )]
+    Proxy(crate::proxy::Args),
     /// Run a tour: a local development issuer, an ION-shaped and a CHILI-shaped profile, cold and warm.
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
@@ -162,7 +167,11 @@ pub fn run() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let json_logs = matches!(&cli.command, Command::Daemon(a) if a.log_format == crate::daemon::LogFormat::Json);
+    let json_logs = match &cli.command {
+        Command::Daemon(a) => a.server.json_logs(),
+        Command::Proxy(a) => a.server.json_logs(),
+        _ => false,
+    };
     init_logging(json_logs);
     let g = Globals {
         config: cli.config.clone(),
@@ -183,6 +192,7 @@ pub fn run() -> ExitCode {
         }
         Command::Man => commands::completions::man(Cli::command()),
         Command::Daemon(args) => crate::daemon::run(&g, args),
+        Command::Proxy(args) => crate::proxy::run(&g, args),
         Command::Demo => commands::demo::run(),
         Command::DevIssuer(args) => crate::dev_issuer::run(args),
     };

@@ -82,9 +82,16 @@ pub fn with_shared_cache(builder: BrokerBuilder, config: &Config) -> Result<Brok
     })
 }
 
-/// A broker over the user's disk cache serving every profile of `config`.
-pub fn broker_all(config: &Config) -> Result<Broker> {
-    let mut b = with_shared_cache(Broker::builder(), config)?.config(config, &Default::default());
+/// A broker over the user's disk cache serving every profile of `config`, reporting fetches to `observer`.
+pub fn broker_all(
+    config: &Config,
+    observer: Option<std::sync::Arc<dyn broker_core::Observer>>,
+) -> Result<Broker> {
+    let mut b = with_shared_cache(Broker::builder(), config)?;
+    if let Some(o) = observer {
+        b = b.observer(o);
+    }
+    let mut b = b.config(config, &Default::default());
     if let Some(dir) = cache_dir() {
         b = b.disk_cache(dir);
     }

@@ -6,7 +6,9 @@ mod context;
 mod daemon;
 mod dev_issuer;
 mod feedback;
+mod listen;
 mod output;
+mod proxy;
 
 fn main() -> std::process::ExitCode {
     cli::run()

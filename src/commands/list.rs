@@ -54,7 +54,7 @@ fn cooldown_text(c: Option<&Cooldown>, now: SystemTime) -> String {
 
 pub fn run(g: &Globals) -> CmdResult {
     let config = context::load(g)?;
-    let broker = context::broker_all(&config)?;
+    let broker = context::broker_all(&config, None)?;
     let now = SystemTime::now();
     // A live daemon with our config knows the freshest state; otherwise the disk cache is read here.
     let from_daemon =

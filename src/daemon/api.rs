@@ -73,9 +73,40 @@ impl Gate {
     }
 }
 
+/// The API behind its gate: what a connection's requests are answered by.
+#[derive(Clone)]
+pub(super) struct Gated {
+    pub(super) gate: Gate,
+    pub(super) app: Router,
+}
+
+impl crate::listen::Handler for Gated {
+    fn handle(
+        self,
+        req: axum::http::Request<hyper::body::Incoming>,
+        answering: crate::listen::Answering,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        use tower::ServiceExt;
+        let refused = self.gate.refuse(&req);
+        let this = self;
+        async move {
+            let mut resp = match refused {
+                Some(resp) => resp,
+                None => match this.app.oneshot(req.map(axum::body::Body::new)).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                },
+            };
+            this.gate.stamp(&mut resp);
+            drop(answering);
+            resp
+        }
+    }
+}
+
 /// The error JSON (the CLI's `--format json` error, [`crate::output::error_json`]); an error that says when to
 /// come back (an outage, a cool-down) also carries `Retry-After`.
-pub(super) fn error_response(e: &Error, status: StatusCode) -> Response {
+pub(crate) fn error_response(e: &Error, status: StatusCode) -> Response {
     let mut resp = (status, Json(crate::output::error_json(e))).into_response();
     if let Some(at) = e.retry_at() {
         let secs = at
@@ -91,7 +122,7 @@ pub(super) fn error_response(e: &Error, status: StatusCode) -> Response {
     resp
 }
 
-pub(super) fn status_of(kind: ErrorKind) -> StatusCode {
+pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Usage => StatusCode::BAD_REQUEST,
         ErrorKind::Config => StatusCode::UNPROCESSABLE_ENTITY,

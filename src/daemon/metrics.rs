@@ -1,4 +1,5 @@
-//! The daemon's Prometheus metrics (docs/reference.md §6), kept in one mutex-guarded map and rendered as text.
+//! The Prometheus metrics of the daemon (docs/reference.md §6) and the proxy (docs/integrations.md), kept in one
+//! mutex-guarded map and rendered as text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,9 +19,16 @@ struct Histogram {
 }
 
 impl Histogram {
-    /// The `_bucket` (cumulative), `_sum` and `_count` lines of `profile`'s upstream durations.
-    fn render(&self, out: &mut String, profile: &str) {
-        const NAME: &str = "broker_upstream_duration_seconds";
+    fn observe(&mut self, secs: f64) {
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// The `_bucket` (cumulative), `_sum` and `_count` lines of `profile`'s durations.
+    fn render(&self, out: &mut String, name: &str, profile: &str) {
         let mut cumulative = 0;
         let bounds = BUCKETS
             .iter()
@@ -31,11 +39,11 @@ impl Histogram {
             cumulative += n;
             let count = if le == "+Inf" { self.count } else { cumulative };
             let l = labels(&[("profile", profile), ("le", &le)]);
-            let _ = writeln!(out, "{NAME}_bucket{l} {count}");
+            let _ = writeln!(out, "{name}_bucket{l} {count}");
         }
         let l = labels(&[("profile", profile)]);
-        let _ = writeln!(out, "{NAME}_sum{l} {}", self.sum);
-        let _ = writeln!(out, "{NAME}_count{l} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{l} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{l} {}", self.count);
     }
 }
 
@@ -52,6 +60,16 @@ struct ProfileMetrics {
     refresh_failures: u64,
     remaining: Option<f64>,
     duration: Option<Box<Histogram>>,
+    /// What the proxy did for this profile: `broker_proxy_requests_total` by status class, its 401 retries and
+    /// how long requests took (boxed: most profiles of a daemon are never proxied).
+    proxied: Option<Box<Proxied>>,
+}
+
+#[derive(Default)]
+struct Proxied {
+    requests: Vec<(&'static str, u64)>,
+    retries: u64,
+    duration: Histogram,
 }
 
 /// Reads one per-profile counter.
@@ -117,6 +135,17 @@ impl Metrics {
     /// A background refresh that failed.
     pub fn refresh_failed(&self, profile: &str) {
         self.with(profile, |m| m.refresh_failures += 1);
+    }
+
+    /// A request the proxy answered: `class` is the upstream status class (`2xx` ...) or an error class of its own;
+    /// `retried`: sent again after a 401 with a new token.
+    pub fn proxied(&self, profile: &str, class: &'static str, retried: bool, took: Duration) {
+        self.with(profile, |m| {
+            let p = m.proxied.get_or_insert_with(Box::default);
+            bump(&mut p.requests, class);
+            p.retries += u64::from(retried);
+            p.duration.observe(took.as_secs_f64());
+        });
     }
 
     /// The Prometheus text exposition format.
@@ -194,9 +223,37 @@ impl Metrics {
             .iter()
             .filter_map(|(p, m)| m.duration.as_ref().map(|h| (p, h)))
         {
-            h.render(&mut out, profile);
+            h.render(&mut out, "broker_upstream_duration_seconds", profile);
+        }
+        if inner.values().any(|m| m.proxied.is_some()) {
+            render_proxied(&mut out, &inner);
         }
         out
+    }
+}
+
+/// The proxy's series, for the profiles it served.
+fn render_proxied(out: &mut String, inner: &BTreeMap<String, ProfileMetrics>) {
+    let proxied = || {
+        inner
+            .iter()
+            .filter_map(|(p, m)| m.proxied.as_ref().map(|x| (p, x)))
+    };
+    let _ = writeln!(out, "# HELP broker_proxy_requests_total Requests the proxy answered, by profile and upstream status class.\n# TYPE broker_proxy_requests_total counter");
+    for (p, x) in proxied() {
+        for (class, n) in &x.requests {
+            let l = labels(&[("profile", p), ("class", class)]);
+            let _ = writeln!(out, "broker_proxy_requests_total{l} {n}");
+        }
+    }
+    let _ = writeln!(out, "# HELP broker_proxy_retries_total Requests sent again with a new token after a 401.\n# TYPE broker_proxy_retries_total counter");
+    for (p, x) in proxied() {
+        let l = labels(&[("profile", p)]);
+        let _ = writeln!(out, "broker_proxy_retries_total{l} {}", x.retries);
+    }
+    let _ = writeln!(out, "# HELP broker_proxy_duration_seconds Time to the upstream's answer headers, retries included.\n# TYPE broker_proxy_duration_seconds histogram");
+    for (p, x) in proxied() {
+        x.duration.render(out, "broker_proxy_duration_seconds", p);
     }
 }
 
@@ -209,12 +266,7 @@ impl Observer for Metrics {
         let secs = took.as_secs_f64();
         self.with(profile, |m| {
             bump(&mut m.upstream, status);
-            let h = m.duration.get_or_insert_with(Box::default);
-            if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
-                h.counts[i] += 1;
-            }
-            h.count += 1;
-            h.sum += secs;
+            m.duration.get_or_insert_with(Box::default).observe(secs);
         });
     }
 }

@@ -3,8 +3,7 @@
 
 mod api;
 pub mod client;
-mod listen;
-mod metrics;
+pub mod metrics;
 mod refresh;
 
 use std::collections::HashMap;
@@ -25,8 +24,10 @@ use tokio::net::UnixListener;
 
 use crate::context;
 use crate::context::{CmdResult, Globals};
+use crate::listen;
 use crate::output::{self, rfc3339, Format};
 use api::*;
+pub(crate) use api::{error_response, status_of};
 use metrics::Metrics;
 
 #[derive(clap::Args)]
@@ -47,27 +48,8 @@ pub struct Args {
     /// Permit --listen on a non-loopback address.
     #[arg(long)]
     pub allow_remote: bool,
-    /// Worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Open connections at most, on each listener; one more is closed as soon as it is accepted.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: u32,
-    /// A request's headers must arrive within this long of its first byte (or of the connection's opening).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::commands::token::parse_duration)]
-    pub header_timeout: Duration,
-    /// A kept-alive connection idle for this long is closed.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::commands::token::parse_duration)]
-    pub idle_timeout: Duration,
-    /// Log lines as JSON.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+    #[command(flatten)]
+    pub server: listen::ServerArgs,
 }
 
 /// The socket path the daemon listens on by default, and the CLI looks for.
@@ -186,7 +168,7 @@ fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loa
 
 /// Refuses a socket directory that is not ours or that others can write to; creates it 0700 if missing. The
 /// default runtime directory is ours alone and tightened to 0700; a directory named by `--socket` is never chmod-ed.
-fn check_socket_dir(dir: &Path, default: bool) -> Result<(), Error> {
+pub(crate) fn check_socket_dir(dir: &Path, default: bool) -> Result<(), Error> {
     if let Ok(meta) = std::fs::metadata(dir) {
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
@@ -211,7 +193,7 @@ fn check_socket_dir(dir: &Path, default: bool) -> Result<(), Error> {
 }
 
 /// Removes a stale socket at `socket`, and nothing else: a path that is not a socket is refused.
-fn remove_stale_socket(socket: &Path) -> Result<(), Error> {
+pub(crate) fn remove_stale_socket(socket: &Path) -> Result<(), Error> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(socket) else {
         return Ok(());
@@ -239,7 +221,7 @@ fn remove_stale_socket(socket: &Path) -> Result<(), Error> {
 
 /// Raises the soft open-file limit to the hard one: the connection limits, not the process's file table, are what
 /// bound connections, so a flood on one listener cannot starve the other or the cache.
-fn raise_open_file_limit() {
+pub(crate) fn raise_open_file_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut l = getrlimit(Resource::Nofile);
     if l.current < l.maximum {
@@ -249,19 +231,7 @@ fn raise_open_file_limit() {
 }
 
 pub fn run(g: &Globals, args: &Args) -> CmdResult {
-    let mut rt = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if args.threads > 1 {
-        rt.worker_threads(args.threads);
-    }
-    let rt = rt
-        .enable_all()
-        .build()
-        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(g, args))?;
+    args.server.runtime()?.block_on(serve(g, args))?;
     Ok(())
 }
 
@@ -299,7 +269,7 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         refresher: refresh::Refresher::default(),
     });
     let tcp = match args.listen {
-        Some(addr) => Some(listen_tcp(addr, dir).await?),
+        Some(addr) => Some(listen_tcp(addr, dir, "daemon.key").await?),
         None => None,
     };
     for (name, s) in &daemon.loaded().settings {
@@ -346,31 +316,27 @@ async fn run_listeners(
         .route("/metrics", get(metrics_text))
         .with_state(daemon.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let limits = listen::Limits {
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-        header_timeout: args.header_timeout,
-        idle_timeout: args.idle_timeout,
-    };
+    let limits = args.server.limits();
     let tcp_server = tcp.map(|(listener, key)| {
-        let gate = Gate {
-            daemon: daemon.clone(),
-            who: Who::Tcp(Arc::from(key)),
+        let gated = Gated {
+            gate: Gate {
+                daemon: daemon.clone(),
+                who: Who::Tcp(Arc::from(key)),
+            },
+            app: api.clone(),
         };
-        let gate = move |_: &tokio::net::TcpStream| gate.clone();
-        tokio::spawn(listen::serve(
-            listener,
-            api.clone(),
-            limits,
-            gate,
-            stop_rx.clone(),
-        ))
+        let handler = move |_: &tokio::net::TcpStream| gated.clone();
+        tokio::spawn(listen::serve(listener, limits, handler, stop_rx.clone()))
     });
     let unix_daemon = daemon.clone();
-    let gate = move |io: &tokio::net::UnixStream| Gate {
-        daemon: unix_daemon.clone(),
-        who: Who::Unix(io.peer_cred().ok().map(|c| c.uid())),
+    let handler = move |io: &tokio::net::UnixStream| Gated {
+        gate: Gate {
+            daemon: unix_daemon.clone(),
+            who: Who::Unix(io.peer_cred().ok().map(|c| c.uid())),
+        },
+        app: api.clone(),
     };
-    let unix_server = tokio::spawn(listen::serve(unix, api, limits, gate, stop_rx));
+    let unix_server = tokio::spawn(listen::serve(unix, limits, handler, stop_rx));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let served = unix_server.await;
@@ -380,7 +346,7 @@ async fn run_listeners(
     served.map_err(|e| Error::internal(format!("server task: {e}")))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -420,16 +386,17 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
     }
 }
 
-/// Binds the loopback TCP listener and writes its key, 0600, beside the socket.
+/// Binds the loopback TCP listener and writes its key, 0600, beside the socket as `key_file`.
 /// (Whether the address may be non-loopback was decided before anything was bound.)
-async fn listen_tcp(
+pub(crate) async fn listen_tcp(
     addr: std::net::SocketAddr,
     dir: &Path,
+    key_file: &str,
 ) -> Result<(tokio::net::TcpListener, String), Error> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
     let key = hex::encode(bytes);
-    let path = dir.join("daemon.key");
+    let path = dir.join(key_file);
     write_private(&path, key.as_bytes(), 0o600)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

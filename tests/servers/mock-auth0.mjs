@@ -5,6 +5,7 @@
 // Prints `READY <port>`; `GET /__count` answers the number of tokens issued, `GET /__calls` the number of
 // successful token requests (a handed-back token counts there only).
 import http from 'node:http';
+import crypto from 'node:crypto';
 import { OAuth2Server } from 'oauth2-mock-server';
 
 const TTL = Number(process.env.TOKEN_TTL || 300);
@@ -26,6 +27,8 @@ server.service.on('beforeTokenSigning', (token, req) => {
   const now = Math.floor(Date.now() / 1000);
   token.payload.iat = now;
   token.payload.exp = now + TTL;
+  // Two tokens issued within one second differ, as real ones do (else a new token could equal the one it replaces).
+  token.payload.jti = crypto.randomUUID();
   if (req.body && req.body.audience) token.payload.aud = req.body.audience;
 });
 let issued = 0;

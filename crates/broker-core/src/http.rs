@@ -27,29 +27,13 @@ pub fn build_client(
     if plain_http {
         b = b.no_proxy();
     }
-    let mut b = b
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(connect_timeout)
-        .user_agent(concat!("broker/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let path = crate::secret::expand_home(path);
-        // It decides which servers get credentials: read by the rule of every credential file.
-        let pem = crate::credfile::CredentialFile::new(&path, crate::credfile::Material::CaBundle)
-            .read(crate::credfile::Check::Full)
-            .map_err(|e| e.context("ca_file"))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::config(format!("ca_file {} is not PEM: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(Error::config(format!(
-                "ca_file {} holds no certificates",
-                path.display()
-            )));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
+    let mut b = with_roots(
+        b.redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("broker/", env!("CARGO_PKG_VERSION"))),
+        ca_file,
+    )?;
     let mutual = identity.is_some();
     if let Some(identity) = identity {
         b = b.identity(identity);
@@ -70,6 +54,53 @@ pub fn build_client(
             Error::internal(format!("cannot build HTTP client: {reason}"))
         }
     })
+}
+
+/// `b` trusting the PEM roots of `ca_file` too, read by the rule of every credential file (it decides which
+/// servers get credentials).
+fn with_roots(
+    mut b: reqwest::ClientBuilder,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::ClientBuilder> {
+    let Some(path) = ca_file else {
+        return Ok(b);
+    };
+    let path = crate::secret::expand_home(path);
+    let pem = crate::credfile::CredentialFile::new(&path, crate::credfile::Material::CaBundle)
+        .read(crate::credfile::Check::Full)
+        .map_err(|e| e.context("ca_file"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::config(format!("ca_file {} is not PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::config(format!(
+            "ca_file {} holds no certificates",
+            path.display()
+        )));
+    }
+    for c in certs {
+        b = b.add_root_certificate(c);
+    }
+    Ok(b)
+}
+
+/// The client that carries a profile's token to its `api` (the proxy's): the profile's `ca_file`, no redirects
+/// (a redirect is the caller's to follow, without the token), HTTP/2 where the server offers it, `silence` to
+/// connect and between reads (no total limit: a proxied download may be long), and no proxy for plain http.
+pub fn api_client(settings: &crate::Settings, silence: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder();
+    if settings.api().is_some_and(|a| a.scheme() == "http") {
+        b = b.no_proxy();
+    }
+    let b = with_roots(
+        b.redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(silence)
+            .read_timeout(silence)
+            .tcp_nodelay(true)
+            .user_agent(concat!("broker/", env!("CARGO_PKG_VERSION"))),
+        settings.ca_file(),
+    )?;
+    b.build()
+        .map_err(|e| Error::internal(format!("cannot build HTTP client: {e}")))
 }
 
 /// An HTTP answer, body read up to [`BODY_CAP`].

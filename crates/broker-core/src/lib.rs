@@ -96,6 +96,7 @@ pub mod shared;
 
 pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, Status, TokenRequest};
 pub use config::{Config, LoadOptions, Overrides, Settings};
+pub use http::api_client;
 pub use kinds::HttpProvider;
 pub use provider::{FetchContext, Fetched, ProfileTokens, Provider};
 pub use token::AccessToken;

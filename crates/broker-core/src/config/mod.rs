@@ -32,8 +32,8 @@ mod vocab;
 
 #[allow(unused_imports)]
 use load::*;
-pub use resolve::ACCESS_TOKEN_TYPE;
-pub(crate) use resolve::{is_loopback, secure_enough};
+pub(crate) use resolve::is_loopback;
+pub use resolve::{secure_enough, ACCESS_TOKEN_TYPE};
 pub use settings::*;
 pub use shared::*;
 pub(crate) use source::Origin;
@@ -333,6 +333,16 @@ impl Settings {
     /// Default 5 s.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// `allow_http`: plain http to another host is permitted (default false).
+    pub fn allow_http(&self) -> bool {
+        self.allow_http
+    }
+
+    /// Extra PEM roots for the token endpoint and the api.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     /// These settings with `cache` set to `mode` (`broker token --no-cache` uses `CacheMode::None`).

@@ -161,9 +161,10 @@ impl Config {
     }
 }
 
-/// Whether `url` may carry the client secret (docs/reference.md §1, §3): https, or http to this machine, or http
-/// anywhere with `allow_http`. The one rule for configured, discovered and remembered endpoints.
-pub(crate) fn secure_enough(url: &Url, allow_http: bool) -> bool {
+/// Whether `url` may carry the client secret or a token (docs/reference.md §1, §3): https, or http to this machine,
+/// or http anywhere with `allow_http`. The one rule for configured, discovered and remembered endpoints, and for
+/// the `api` the proxy sends tokens to.
+pub fn secure_enough(url: &Url, allow_http: bool) -> bool {
     match url.scheme() {
         "https" => true,
         "http" => allow_http || is_loopback(url),

@@ -1,4 +1,4 @@
-//! The daemon's accept loops, which bound what any local user can make the daemon hold (docs/reference.md §6):
+//! The accept loops of the daemon and the proxy, which bound what any local user can make them hold (docs/reference.md §6):
 //! at most `max_connections` open connections per listener (one more is closed as soon as it is accepted), a
 //! request's headers within `header_timeout` of its first byte (or of the connection's opening), and an idle
 //! keep-alive connection closed after `idle_timeout`. A connection never waits on another one, so a flood on the TCP
@@ -9,15 +9,78 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::response::Response;
 use axum::serve::Listener;
-use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
-use tower::ServiceExt;
 
-use super::api::Gate;
+/// What answers a connection's requests. `answering` marks the request as in flight until dropped: a handler whose
+/// answer streams drops it with the body ([`Guarded`]), so a long download is not taken for an idle connection.
+pub trait Handler: Clone + Send + 'static {
+    fn handle(
+        self,
+        req: hyper::Request<Incoming>,
+        answering: Answering,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static;
+}
+
+/// The command-line options of a server (the daemon, the proxy): its runtime, its logs and its listeners' limits.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Open connections at most, on each listener; one more is closed as soon as it is accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A request's headers must arrive within this long of its first byte (or of the connection's opening).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::commands::token::parse_duration)]
+    pub header_timeout: Duration,
+    /// A kept-alive connection idle for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::commands::token::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Log lines as JSON.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ServerArgs {
+    /// The runtime: one thread with `--threads 1`, else a worker per core or as many as asked.
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime, broker_core::Error> {
+        let mut rt = if self.threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        };
+        if self.threads > 1 {
+            rt.worker_threads(self.threads);
+        }
+        rt.enable_all()
+            .build()
+            .map_err(|e| broker_core::Error::internal(format!("cannot start the runtime: {e}")))
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    pub fn json_logs(&self) -> bool {
+        self.log_format == LogFormat::Json
+    }
+}
 
 /// The limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -108,7 +171,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 }
 
 /// Marks a request as being answered until dropped.
-struct Answering(Shared);
+pub struct Answering(Shared);
 
 impl Answering {
     fn start(phase: &Shared) -> Self {
@@ -136,16 +199,16 @@ impl Drop for Answering {
     }
 }
 
-/// Serves `app` on `listener` until `stop` turns true, then lets the open connections finish their requests (for at
-/// most `header_timeout`). `gate` gives a connection its [`Gate`] (who it is: the Unix peer's uid), which every
-/// request passes before `app` and which stamps every answer.
-pub async fn serve<L>(
+/// Serves `listener` until `stop` turns true, then lets the open connections finish their requests (for at most
+/// `header_timeout`). `handler` gives a connection the [`Handler`] of its requests, knowing who it is (the Unix
+/// peer's uid, the TCP peer's address).
+pub async fn serve<L, H>(
     mut listener: L,
-    app: Router,
     limits: Limits,
-    gate: impl Fn(&L::Io) -> Gate + Send + 'static,
+    handler: impl Fn(&L::Io) -> H + Send + 'static,
     mut stop: watch::Receiver<bool>,
 ) where
+    H: Handler,
     L: Listener,
     L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -167,11 +230,10 @@ pub async fn serve<L>(
             refused += 1;
             continue;
         };
-        let gate = gate(&io);
-        let app = app.clone();
+        let handler = handler(&io);
         let stop = stop.clone();
         tokio::spawn(async move {
-            connection(io, app, limits, gate, stop).await;
+            connection(io, handler, limits, stop).await;
             drop(permit);
         });
     }
@@ -184,11 +246,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn connection<S>(
+async fn connection<S, H: Handler>(
     io: S,
-    app: Router,
+    handler: H,
     limits: Limits,
-    gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -199,19 +260,8 @@ async fn connection<S>(
     }));
     let answering = phase.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let guard = Answering::start(&answering);
-        let refused = gate.refuse(&req);
-        let app = app.clone();
-        let gate = gate.clone();
-        async move {
-            let mut resp = match refused {
-                Some(resp) => resp,
-                None => app.oneshot(req.map(axum::body::Body::new)).await?,
-            };
-            gate.stamp(&mut resp);
-            drop(guard);
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+        let answer = handler.clone().handle(req, Answering::start(&answering));
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -240,5 +290,30 @@ async fn connection<S>(
                 return;
             }
         }
+    }
+}
+
+/// A response body that keeps its request marked as in flight ([`Answering`]) until it has been sent (or dropped).
+pub struct Guarded<B> {
+    pub body: B,
+    /// Held, never read: dropped with the body.
+    #[allow(dead_code)]
+    pub answering: Answering,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

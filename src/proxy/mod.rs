@@ -1,0 +1,566 @@
+//! `broker proxy`: a local reverse proxy that adds each profile's header, so a program that knows only a base URL
+//! gets the token without knowing broker exists (docs/integrations.md, "The proxy"). Each profile with an `api` is
+//! served under `/<profile>/...` (or, with `--profile`, at the root), forwarded to its `api` with the provider's
+//! header; `/.broker/metrics` and `/.broker/healthz` are the proxy's own.
+//!
+//! Who may use it is decided as for the daemon: a Unix socket 0600 whose peer uid must be ours (or `--allow-uid`);
+//! a loopback TCP port whose client must send `Proxy-Authorization: Bearer <proxy.key>`, or be a socket of an
+//! allowed uid in the kernel's table (`peer.rs`). Connections are bounded by the listeners of `crate::listen`.
+//!
+//! *Invariants: the token is sent only to the profile's `api` origin (`forward.rs`), and only when that origin may
+//! carry a credential (`config::secure_enough`); a 401 about the token costs at most one new token per profile
+//! however many requests saw it, and a forced refresh at most once per [`FORCED_EVERY`]; neither the token nor a
+//! query string reaches a log line.*
+
+mod forward;
+mod peer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use broker_core::{AccessToken, Broker, Error, TokenRequest};
+use hyper::body::Incoming;
+use secrecy::ExposeSecret;
+use url::Url;
+
+use crate::context::{self, CmdResult, Globals};
+use crate::daemon::metrics::Metrics;
+use crate::listen::{self, Answering, Guarded, Handler};
+use forward::Outgoing;
+
+/// The shortest time between two refreshes a 401 forces for one profile: an API that rejects every token (a wrong
+/// audience, revoked access) must not turn each request into a token request.
+pub const FORCED_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Listen on this loopback TCP address (e.g. 127.0.0.1:8081). Clients send `Proxy-Authorization: Bearer <key>`
+    /// (the key is written 0600 to the runtime directory as `proxy.key`), or are processes of an allowed uid.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Listen on this Unix socket (default, when --listen is not given: $XDG_RUNTIME_DIR/broker/proxy.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Serve this one profile at the root of the paths (else every profile with an `api`, under /<profile>/).
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Also accept callers of this uid (repeatable).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// Request bodies up to this many bytes are kept, so a request refused for its token can be sent once more
+    /// with a new one; a longer body streams through and a 401 is passed back.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub retry_body_limit: usize,
+    /// How long the upstream may take to connect, and stay silent while answering.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::commands::token::parse_duration)]
+    pub upstream_timeout: Duration,
+    #[command(flatten)]
+    pub server: listen::ServerArgs,
+}
+
+/// One proxied profile.
+struct Route {
+    api: Url,
+    /// The header the profile's token goes in; a client's own copy of it is dropped.
+    header: HeaderName,
+    client: reqwest::Client,
+    /// Held while a rejected token is replaced, so concurrent 401s cost one new token.
+    replacing: tokio::sync::Mutex<()>,
+    last_forced: Mutex<Option<Instant>>,
+}
+
+struct Proxy {
+    broker: Broker,
+    routes: HashMap<String, Route>,
+    /// `--profile`: the one profile, at the root.
+    single: Option<String>,
+    retry_body_limit: usize,
+    metrics: Arc<Metrics>,
+    allowed_uids: Vec<u32>,
+}
+
+/// Who a connection is.
+#[derive(Clone)]
+enum Caller {
+    /// A Unix-socket peer, with its uid if the kernel said it.
+    Unix(Option<u32>),
+    /// A loopback TCP client: the uid owning its socket, if found, and the key it may send instead.
+    Tcp { uid: Option<u32>, key: Arc<str> },
+}
+
+#[derive(Clone)]
+struct Conn {
+    proxy: Arc<Proxy>,
+    caller: Caller,
+}
+
+pub fn run(g: &Globals, args: &Args) -> CmdResult {
+    args.server.runtime()?.block_on(serve(g, args))?;
+    Ok(())
+}
+
+async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
+    if let Some(addr) = args.listen.filter(|a| !a.ip().is_loopback()) {
+        return Err(Error::usage(format!(
+            "--listen {addr} is not a loopback address: the proxy hands out tokens to whoever reaches it"
+        )));
+    }
+    let proxy = Arc::new(load(g, args)?);
+    let dir = broker_core::paths::runtime_dir().ok_or_else(|| {
+        Error::config("no runtime directory: set XDG_RUNTIME_DIR or HOME, or pass --socket")
+    })?;
+    crate::daemon::raise_open_file_limit();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = args.server.limits();
+    let mut servers = Vec::new();
+    let mut socket_path = None;
+    if let Some(addr) = args.listen {
+        crate::daemon::check_socket_dir(&dir, true)?;
+        let (listener, key) = crate::daemon::listen_tcp(addr, &dir, "proxy.key").await?;
+        let ours = listener.local_addr().ok();
+        let key: Arc<str> = Arc::from(key);
+        let p = proxy.clone();
+        let handler = move |io: &tokio::net::TcpStream| Conn {
+            proxy: p.clone(),
+            caller: Caller::Tcp {
+                uid: io
+                    .peer_addr()
+                    .ok()
+                    .zip(ours)
+                    .and_then(|(peer, ours)| peer::tcp_peer_uid(peer, ours)),
+                key: key.clone(),
+            },
+        };
+        servers.push(tokio::spawn(listen::serve(
+            listener,
+            limits,
+            handler,
+            stop_rx.clone(),
+        )));
+    }
+    if args.socket.is_some() || args.listen.is_none() {
+        let path = args
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.join("proxy.sock"));
+        let parent = path
+            .parent()
+            .ok_or_else(|| Error::config("the socket path has no directory"))?;
+        crate::daemon::check_socket_dir(parent, args.socket.is_none())?;
+        crate::daemon::remove_stale_socket(&path)?;
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::internal(format!("cannot chmod {}: {e}", path.display())))?;
+        tracing::info!("proxy listening on {}", path.display());
+        let p = proxy.clone();
+        let handler = move |io: &tokio::net::UnixStream| Conn {
+            proxy: p.clone(),
+            caller: Caller::Unix(io.peer_cred().ok().map(|c| c.uid())),
+        };
+        servers.push(tokio::spawn(listen::serve(
+            listener,
+            limits,
+            handler,
+            stop_rx.clone(),
+        )));
+        socket_path = Some(path);
+    }
+    crate::daemon::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// The broker and a route for every profile with an `api` (or the one `--profile`, which must have one).
+fn load(g: &Globals, args: &Args) -> Result<Proxy, Error> {
+    let config = context::load(g)?;
+    let metrics = Arc::new(Metrics::default());
+    let broker = context::broker_all(&config, Some(metrics.clone()))?;
+    let names: Vec<String> = match &args.profile {
+        Some(p) => vec![p.clone()],
+        None => config.profile_names().map(str::to_owned).collect(),
+    };
+    let mut routes = HashMap::new();
+    for name in names {
+        let settings = match config.resolve(&name, &Default::default()) {
+            Ok(s) => s,
+            Err(e) if args.profile.is_some() => return Err(e),
+            Err(e) => {
+                tracing::warn!("not proxying profile `{name}`: {e}");
+                continue;
+            }
+        };
+        match route(&settings, args) {
+            Ok(Some(r)) => {
+                routes.insert(name, r);
+            }
+            Ok(None) if args.profile.is_some() => {
+                return Err(Error::config(format!(
+                    "profile `{name}` has no `api` to proxy to; set `api = \"https://...\"`"
+                )))
+            }
+            Ok(None) => {}
+            Err(e) if args.profile.is_some() => return Err(e),
+            Err(e) => tracing::warn!("not proxying profile `{name}`: {e}"),
+        }
+    }
+    tracing::info!("proxying {} profiles", routes.len());
+    Ok(Proxy {
+        broker,
+        routes,
+        single: args.profile.clone(),
+        retry_body_limit: args.retry_body_limit,
+        metrics,
+        allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
+            .chain(args.allow_uid.iter().copied())
+            .collect(),
+    })
+}
+
+/// A profile's route, if it has an `api`.
+fn route(s: &broker_core::Settings, args: &Args) -> Result<Option<Route>, Error> {
+    let Some(api) = s.api() else {
+        return Ok(None);
+    };
+    let name = s.profile();
+    if !broker_core::config::secure_enough(api, s.allow_http()) {
+        return Err(Error::config(format!(
+            "profile `{name}`: api {api} is plain http to another host: the token would cross the network in \
+             clear (set `allow_http = true` if that network is trusted)"
+        )));
+    }
+    let header = s
+        .header()
+        .split_once(':')
+        .and_then(|(n, _)| HeaderName::try_from(n.trim()).ok())
+        .ok_or_else(|| {
+            Error::config(format!(
+                "profile `{name}`: header template is not `Name: value`"
+            ))
+        })?;
+    let client = broker_core::api_client(s, args.upstream_timeout)?;
+    Ok(Some(Route {
+        api: api.clone(),
+        header,
+        client,
+        replacing: tokio::sync::Mutex::new(()),
+        last_forced: Mutex::new(None),
+    }))
+}
+
+impl Handler for Conn {
+    fn handle(
+        self,
+        req: Request<Incoming>,
+        answering: Answering,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        let this = self;
+        async move {
+            if let Some(refused) = this.refuse(&req) {
+                return refused;
+            }
+            this.proxy.answer(req, answering).await
+        }
+    }
+}
+
+impl Conn {
+    /// The answer to a caller who may not use the proxy, if it may not.
+    fn refuse<B>(&self, req: &Request<B>) -> Option<Response> {
+        let allowed = |uid: &Option<u32>| uid.is_some_and(|u| self.proxy.allowed_uids.contains(&u));
+        let ok = match &self.caller {
+            Caller::Unix(uid) => allowed(uid),
+            Caller::Tcp { uid, key } => {
+                use subtle::ConstantTimeEq;
+                let given = req
+                    .headers()
+                    .get(header::PROXY_AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                match given {
+                    Some(given) => bool::from(given.as_bytes().ct_eq(key.as_bytes())),
+                    None => allowed(uid),
+                }
+            }
+        };
+        if ok {
+            return None;
+        }
+        tracing::warn!("proxy: refused a request from {}", self.describe());
+        let mut resp = forward::own_answer(
+            StatusCode::FORBIDDEN,
+            "broker proxy: this caller may not use the proxy (another uid, or a wrong Proxy-Authorization key)\n"
+                .into(),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(resp)
+    }
+
+    fn describe(&self) -> String {
+        match &self.caller {
+            Caller::Unix(uid) => format!("uid {uid:?} on the Unix socket"),
+            Caller::Tcp { uid, .. } => format!("uid {uid:?} over TCP"),
+        }
+    }
+}
+
+impl Proxy {
+    async fn answer(self: Arc<Self>, req: Request<Incoming>, answering: Answering) -> Response {
+        let path = req.uri().path();
+        match path {
+            "/.broker/healthz" => return forward::own_answer(StatusCode::OK, "ok\n".into()),
+            "/.broker/metrics" => {
+                let mut resp = forward::own_answer(StatusCode::OK, self.metrics.render());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                return resp;
+            }
+            _ => {}
+        }
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let (profile, prefix, rest) = match &self.single {
+            Some(p) => (p.clone(), String::new(), format!("{path}{query}")),
+            None => {
+                let trimmed = path.trim_start_matches('/');
+                let (first, rest) = trimmed
+                    .split_once('/')
+                    .map_or((trimmed, ""), |(a, _)| (a, &trimmed[a.len()..]));
+                (
+                    first.to_owned(),
+                    format!("/{first}"),
+                    format!("{rest}{query}"),
+                )
+            }
+        };
+        if !self.routes.contains_key(&profile) {
+            return forward::own_answer(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "broker proxy: no profile with an api is served at /{}: use /<profile>/<path>\n",
+                    profile.escape_debug()
+                ),
+            );
+        }
+        let logged = forward::logged(&req);
+        let started = Instant::now();
+        let (resp, class, retried) = self.forward(&profile, &prefix, &rest, req).await;
+        self.metrics
+            .proxied(&profile, class, retried, started.elapsed());
+        tracing::info!(
+            target: "broker::access",
+            "{logged} -> {} ({class}{}) {:.1} ms",
+            resp.status().as_u16(),
+            if retried { ", retried with a new token" } else { "" },
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, axum::body::Body::new(Guarded { body, answering }))
+    }
+
+    /// Forwards one request: the answer, its status class for the metrics, and whether it was sent again.
+    async fn forward(
+        &self,
+        profile: &str,
+        prefix: &str,
+        rest: &str,
+        req: Request<Incoming>,
+    ) -> (Response, &'static str, bool) {
+        let Some(route) = self.routes.get(profile) else {
+            return (
+                forward::own_answer(StatusCode::NOT_FOUND, String::new()),
+                "usage",
+                false,
+            );
+        };
+        let Some(url) = forward::upstream_url(&route.api, rest) else {
+            let text = "broker proxy: that path does not stay on the profile's api\n".into();
+            return (
+                forward::own_answer(StatusCode::BAD_REQUEST, text),
+                "usage",
+                false,
+            );
+        };
+        let (parts, body) = req.into_parts();
+        let headers = forward::end_to_end(&parts.headers, &[&route.header, &header::HOST]);
+        let body = match Outgoing::read(body, self.retry_body_limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                let text = format!("broker proxy: the request body could not be read: {e}\n");
+                return (
+                    forward::own_answer(StatusCode::BAD_REQUEST, text),
+                    "usage",
+                    false,
+                );
+            }
+        };
+        let token = match self.broker.token(profile, &TokenRequest::default()).await {
+            Ok(t) => t,
+            Err(e) => return (token_failure(&e), e.kind().as_str(), false),
+        };
+        let (body, again) = body.send();
+        let (method, url, headers) = (&parts.method, &url, &headers);
+        let mut answer = self
+            .send(route, profile, method, url, headers, body, &token)
+            .await;
+        let mut retried = false;
+        if let (Ok(resp), Some(again)) = (&answer, again) {
+            if forward::wants_new_token(resp.status(), resp.headers()) {
+                if let Some(new) = self.replacement(profile, route, &token).await {
+                    tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
+                    let again = reqwest::Body::from(again);
+                    answer = self
+                        .send(route, profile, method, url, headers, again, &new)
+                        .await;
+                    retried = true;
+                }
+            }
+        }
+        match answer {
+            Ok(resp) => {
+                let class = match resp.status().as_u16() {
+                    100..=199 => "1xx",
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                };
+                let (parts, body) = answer_of(resp, route, prefix).into_parts();
+                let resp = Response::from_parts(parts, axum::body::Body::new(body));
+                (resp, class, retried)
+            }
+            Err(e) => {
+                let status = if e.is_timeout() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                let text = format!(
+                    "broker proxy: profile `{profile}`: the api at {} did not answer: {}\n",
+                    route.api.origin().ascii_serialization(),
+                    chain(&e.without_url())
+                );
+                (forward::own_answer(status, text), "unavailable", retried)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        route: &Route,
+        profile: &str,
+        method: &axum::http::Method,
+        url: &Url,
+        headers: &axum::http::HeaderMap,
+        body: reqwest::Body,
+        token: &AccessToken,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut headers = headers.clone();
+        if let Ok((_, value)) = self.broker.header(profile, token) {
+            if let Ok(mut v) = HeaderValue::try_from(value.expose_secret()) {
+                v.set_sensitive(true);
+                headers.insert(route.header.clone(), v);
+            }
+        }
+        route
+            .client
+            .request(method.clone(), url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// A token to replace `rejected`, which the api refused: the one another request already got, else a new one
+    /// (at most once per [`FORCED_EVERY`]); `None` when there is none to try.
+    async fn replacement(
+        &self,
+        profile: &str,
+        route: &Route,
+        rejected: &AccessToken,
+    ) -> Option<Arc<AccessToken>> {
+        let _one = route.replacing.lock().await;
+        let current = self
+            .broker
+            .token(profile, &TokenRequest::default())
+            .await
+            .ok()?;
+        if current.secret().expose_secret() != rejected.secret().expose_secret() {
+            return Some(current);
+        }
+        {
+            let mut last = route.last_forced.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < FORCED_EVERY) {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        let forced = TokenRequest {
+            force_refresh: true,
+            ..Default::default()
+        };
+        let new = self.broker.token(profile, &forced).await.ok()?;
+        (new.secret().expose_secret() != rejected.secret().expose_secret()).then_some(new)
+    }
+}
+
+/// The upstream's answer as the client gets it: end-to-end headers, a redirect into the api pointed back through
+/// the proxy, the body streamed.
+fn answer_of(
+    resp: reqwest::Response,
+    route: &Route,
+    prefix: &str,
+) -> axum::http::Response<reqwest::Body> {
+    let mut headers = forward::end_to_end(resp.headers(), &[]);
+    if resp.status().is_redirection() {
+        let local = headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| forward::local_location(l, &route.api, prefix))
+            .and_then(|l| HeaderValue::try_from(l).ok());
+        if let Some(l) = local {
+            headers.insert(header::LOCATION, l);
+        }
+    }
+    let status = resp.status();
+    let mut out = axum::http::Response::new(reqwest::Body::from(resp));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// The answer when no token could be had: the daemon's error JSON and status for the class.
+fn token_failure(e: &Error) -> Response {
+    crate::daemon::error_response(e, crate::daemon::status_of(e.kind()))
+}
+
+/// An error and its causes on one line (reqwest's own message is often just "error sending request").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
