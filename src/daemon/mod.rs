@@ -5,6 +5,7 @@ mod api;
 pub mod client;
 pub mod metrics;
 mod refresh;
+mod sink;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -71,7 +72,7 @@ struct Loaded {
 struct Served {
     shown: output::Shown,
     min_ttl: Duration,
-    sink: Option<broker_core::config::Sink>,
+    sink: Option<Box<sink::Target>>,
     provider: Option<String>,
     environment: Option<String>,
 }
@@ -81,7 +82,7 @@ impl From<&Settings> for Served {
         Served {
             shown: output::Shown::from(s),
             min_ttl: s.min_ttl(),
-            sink: s.sink().cloned(),
+            sink: sink::Target::of(s),
             provider: s.provider().map(str::to_owned),
             environment: s.environment().map(str::to_owned),
         }
@@ -405,8 +406,8 @@ pub(crate) async fn listen_tcp(
     Ok((listener, key))
 }
 
-/// Writes `bytes` to `path` atomically with `mode` ([`broker_core::paths::write_atomic`], the temp file
-/// `.<name>.broker-tmp` beside it).
+/// Writes `bytes` to `path` atomically with `mode` ([`broker_core::paths::write_atomic`], a temp file
+/// `.<name>.<random>.broker-tmp` beside it).
 pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     write_private_owned(path, bytes, mode, (None, None))
 }
@@ -435,13 +436,42 @@ pub fn write_private_owned(
         Mode::empty(),
     )
     .map_err(|e| io(e.into()))?;
+    // A temp name of its own per write: two writers of one file (two daemons, a daemon and a restarted one) never
+    // unlink each other's temp file. A writer killed mid-write leaves its temp file behind.
+    let mut nonce = [0u8; 8];
+    getrandom::getrandom(&mut nonce).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
     broker_core::paths::write_atomic(
         &dir,
-        &format!(".{name}.broker-tmp"),
+        &format!(".{name}.{}.broker-tmp", hex::encode(nonce)),
         &name,
         bytes,
         mode,
         owner,
     )
     .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_writers_of_one_file_never_undo_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::thread::scope(|s| {
+            for who in [b'a', b'b'] {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..300 {
+                        write_private(path, &[who; 64], 0o600).unwrap();
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only the file, no temp file left");
+        let body = std::fs::read(&path).unwrap();
+        assert!(body == [b'a'; 64] || body == [b'b'; 64]);
+    }
 }

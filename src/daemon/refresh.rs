@@ -13,11 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use broker_core::backoff::Backoff;
-use broker_core::{AccessToken, Error, TokenRequest};
+use broker_core::{Error, TokenRequest};
 use tokio::sync::Notify;
 
-use super::{write_private_owned, Daemon, Served};
-use crate::output::{self, Format};
+use super::{Daemon, Served};
 
 /// The longest the scheduler sleeps before looking at the wall clock again.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -230,9 +229,15 @@ async fn current(
         }
     };
     if plan.written != Some(current.obtained_at()) {
-        if let Some(sink) = &settings.sink {
-            match write_sink(sink, settings, &current) {
-                Ok(()) => plan.written = Some(current.obtained_at()),
+        if let Some(target) = &settings.sink {
+            match super::sink::write(target, &settings.shown, &current, settings.min_ttl) {
+                Ok(()) => {
+                    plan.written = Some(current.obtained_at());
+                    if !target.sink.on_change.is_empty() {
+                        let (profile, argv) = (profile.to_owned(), target.sink.on_change.clone());
+                        tokio::spawn(async move { super::sink::on_change(&profile, &argv).await });
+                    }
+                }
                 Err(e) => tracing::warn!("profile `{profile}`: {e}"),
             }
         }
@@ -318,77 +323,4 @@ fn retry_at(
         Some(at) if at > now => at,
         _ => Backoff::OUTAGE.next_attempt(now, failures),
     }
-}
-
-/// Writes a token file atomically with its configured mode.
-fn write_sink(
-    sink: &broker_core::config::Sink,
-    settings: &Served,
-    token: &AccessToken,
-) -> Result<(), Error> {
-    let format = match sink.format.as_str() {
-        "header" => Format::Header,
-        "json" => Format::Json,
-        _ => Format::Token,
-    };
-    let body = output::render(
-        format,
-        &settings.shown,
-        token,
-        SystemTime::now(),
-        settings.min_ttl,
-    )?;
-    let path = broker_core::secret::expand_home(&sink.path);
-    check_sink_path(&path)?;
-    let uid = sink.owner.as_deref().map(user_id).transpose()?;
-    let gid = sink.group.as_deref().map(group_id).transpose()?;
-    write_private_owned(&path, body.as_bytes(), sink.mode, (uid, gid))
-}
-
-/// A sink goes only where no one else can swap or read it first (docs/security.md, "sinks"): its directory is not
-/// writable by others, unless it is sticky (like `/tmp`) and the file there, if any, is ours and not a symlink.
-fn check_sink_path(path: &std::path::Path) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::config(format!("sink {} has no directory", path.display())))?;
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| Error::config(format!("sink directory {}: {e}", dir.display())))?;
-    if meta.mode() & 0o002 == 0 {
-        return Ok(());
-    }
-    if meta.mode() & 0o1000 == 0 {
-        return Err(Error::config(format!(
-            "sink {}: its directory is writable by others and not sticky, so anyone could replace the file; \
-             choose a private directory",
-            path.display()
-        )));
-    }
-    match std::fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(m) if m.file_type().is_file() && m.uid() == rustix::process::geteuid().as_raw() => Ok(()),
-        Ok(_) => Err(Error::config(format!(
-            "sink {}: the file there is not ours (or is not a regular file) in a directory others can write: \
-             refusing to write it",
-            path.display()
-        ))),
-    }
-}
-
-/// A user name or numeric uid.
-fn user_id(name: &str) -> Result<u32, Error> {
-    name.parse().or_else(|_| {
-        uzers::get_user_by_name(name)
-            .map(|u| u.uid())
-            .ok_or_else(|| Error::config(format!("sink owner: no user `{name}`")))
-    })
-}
-
-/// A group name or numeric gid.
-fn group_id(name: &str) -> Result<u32, Error> {
-    name.parse().or_else(|_| {
-        uzers::get_group_by_name(name)
-            .map(|g| g.gid())
-            .ok_or_else(|| Error::config(format!("sink group: no group `{name}`")))
-    })
 }

@@ -281,6 +281,16 @@ impl Settings {
         &self.git_hosts
     }
 
+    /// Registries `docker-credential-broker` answers for (host, or host:port).
+    pub fn registries(&self) -> &[String] {
+        &self.registries
+    }
+
+    /// The user name given with the token where a protocol wants one; default `oauth2accesstoken`.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
     /// A token file the daemon keeps fresh.
     pub fn sink(&self) -> Option<&Sink> {
         self.sink.as_ref()

@@ -410,9 +410,18 @@ fields! {
     strict: bool => p_bool [= false],
     /// Hosts `broker git-credential` answers for (default: the `api` host).
     git_hosts: Vec<String> => p_str_list [= Vec::new()],
+    /// Registries `docker-credential-broker` answers for (host, or host:port).
+    registries: Vec<String> => p_str_list [= Vec::new()],
+    /// The user name given with the token where a protocol wants one (docker credential helper, `netrc` and
+    /// `docker` sinks).
+    username: String => p_str [= DEFAULT_USERNAME.to_owned()],
     /// A token file the daemon keeps fresh.
     sink: Sink => p_sink [],
 }
+
+/// The default `username`: what Google's registries document for an OAuth access token; most registries and git
+/// hosts that take a token as a password accept any name.
+pub const DEFAULT_USERNAME: &str = "oauth2accesstoken";
 
 /// How a settled value is shown in `broker check`: sources for secrets, never values; `-` when unset.
 pub(super) trait Shown {
