@@ -85,6 +85,13 @@ pub enum Command {
         after_help = "Example:\n  git config --global credential.https://git.example.com.helper '!broker git-credential my-profile'"
     )]
     GitCredential(commands::git_credential::Args),
+    /// A docker credential helper (also run as `docker-credential-broker`, a link to broker) that answers only for
+    /// the registries a profile names.
+    #[command(
+        name = "docker-credential",
+        after_help = "Example:\n  ln -s \"$(command -v broker)\" ~/.local/bin/docker-credential-broker\n  # ~/.docker/config.json: {\"credHelpers\": {\"registry.example.com\": \"broker\"}}\n  echo registry.example.com | broker docker-credential get"
+    )]
+    DockerCredential(commands::docker_credential::Args),
     /// Print shell completions.
     #[command(
         after_help = "Examples:\n  broker completions bash > ~/.local/share/bash-completion/completions/broker\n  broker completions zsh > ~/.zfunc/_broker"
@@ -136,7 +143,15 @@ enum TokenOnly {
 }
 
 pub fn run() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run as `docker-credential-broker ACTION` (a link), the docker credential helper.
+    if argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        == Some("docker-credential-broker".as_ref())
+    {
+        argv.splice(0..1, ["broker".into(), "docker-credential".into()]);
+    }
     match argv.get(1).and_then(|a| a.to_str()) {
         Some("--version" | "-V") if argv.len() == 2 => {
             let _ =
@@ -187,6 +202,7 @@ pub fn run() -> ExitCode {
         Command::Exec(args) => commands::exec::run(&g, args),
         Command::Curl(args) => commands::curl::run(&g, args),
         Command::GitCredential(args) => commands::git_credential::run(&g, args),
+        Command::DockerCredential(args) => commands::docker_credential::run(&g, args),
         Command::Completions { shell } => {
             commands::completions::completions(*shell, Cli::command())
         }

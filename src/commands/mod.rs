@@ -5,6 +5,7 @@ pub mod check;
 pub mod completions;
 pub mod curl;
 pub mod demo;
+pub mod docker_credential;
 pub mod exec;
 pub mod git_credential;
 pub mod inspect;

@@ -127,16 +127,21 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         let ours = listener.local_addr().ok();
         let key: Arc<str> = Arc::from(key);
         let p = proxy.clone();
-        let handler = move |io: &tokio::net::TcpStream| Conn {
-            proxy: p.clone(),
-            caller: Caller::Tcp {
-                uid: io
-                    .peer_addr()
-                    .ok()
-                    .zip(ours)
-                    .and_then(|(peer, ours)| peer::tcp_peer_uid(peer, ours)),
-                key: key.clone(),
-            },
+        let handler = move |io: &tokio::net::TcpStream| {
+            // A streamed answer is written in pieces (head, then body): without this, Nagle's algorithm holds a
+            // piece until the client's delayed ACK (tens of milliseconds).
+            let _ = io.set_nodelay(true);
+            Conn {
+                proxy: p.clone(),
+                caller: Caller::Tcp {
+                    uid: io
+                        .peer_addr()
+                        .ok()
+                        .zip(ours)
+                        .and_then(|(peer, ours)| peer::tcp_peer_uid(peer, ours)),
+                    key: key.clone(),
+                },
+            }
         };
         servers.push(tokio::spawn(listen::serve(
             listener,

@@ -37,6 +37,8 @@ mod trust_material;
 mod fleet;
 // The daemon: socket, uid check, single flight, refresh ahead, outage, reload, shutdown, metrics.
 mod daemon;
+// docker-credential-broker with the real skopeo against a registry front that checks the issuer's signature.
+mod docker_credential;
 // Token files for any program: netrc read by curl, npmrc, docker, env, templates, on_change.
 mod sinks;
 // `broker proxy` in front of a real API: headers, origins, redirects, 401 retries, streaming, callers, Python.
