@@ -60,12 +60,15 @@ pub fn default_socket() -> Option<PathBuf> {
 
 /// Everything a request needs, swapped whole on SIGHUP.
 struct Loaded {
-    broker: Broker,
+    broker: Arc<Broker>,
     /// Profile names, sorted, and the config fingerprint: the parsed config itself is not kept.
     names: Vec<String>,
     /// The `Broker-Config` header value (a hex digest, so always a valid one).
     fingerprint: HeaderValue,
     settings: HashMap<String, Served>,
+    /// `[proxy]`: what the proxy serves from this configuration, and the table itself (its listeners are started
+    /// once, from the configuration the daemon started with).
+    proxy: Option<(broker_core::config::ProxyDef, Arc<crate::proxy::Routes>)>,
 }
 
 /// What the daemon keeps per profile beside the broker's own state.
@@ -96,6 +99,16 @@ struct Daemon {
     idle_after: Duration,
     /// Profiles being refreshed in the background.
     refresher: refresh::Refresher,
+}
+
+impl crate::proxy::Backing for Daemon {
+    fn routes(&self) -> Option<Arc<crate::proxy::Routes>> {
+        self.loaded().proxy.as_ref().map(|(_, r)| r.clone())
+    }
+
+    fn used(&self, profile: &str) {
+        self.refresher.keep_fresh(profile);
+    }
 }
 
 impl Daemon {
@@ -158,8 +171,22 @@ fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loa
     if let Some(dir) = context::cache_dir() {
         b = b.disk_cache(dir);
     }
+    let broker = Arc::new(b.build());
+    let proxy = match config.proxy() {
+        Some(def) => Some((
+            def.clone(),
+            Arc::new(crate::proxy::Routes::build(
+                &config,
+                broker.clone(),
+                None,
+                def.upstream_timeout,
+            )?),
+        )),
+        None => None,
+    };
     Ok(Loaded {
-        broker: b.build(),
+        broker,
+        proxy,
         names: config.profile_names().map(str::to_owned).collect(),
         fingerprint: HeaderValue::from_str(config.fingerprint())
             .map_err(|_| Error::internal("the config fingerprint is not a header value"))?,
@@ -337,9 +364,27 @@ async fn run_listeners(
         },
         app: api.clone(),
     };
-    let unix_server = tokio::spawn(listen::serve(unix, limits, handler, stop_rx));
+    let unix_server = tokio::spawn(listen::serve(unix, limits, handler, stop_rx.clone()));
+    let proxy = match daemon.loaded().proxy.as_ref().map(|(def, _)| def.clone()) {
+        Some(def) => {
+            let proxy = crate::proxy::Proxy {
+                backing: daemon.clone(),
+                retry_body_limit: def.retry_body_limit,
+                metrics: daemon.metrics.clone(),
+                allowed_uids: daemon.allowed_uids.clone(),
+            };
+            Some(
+                crate::proxy::start(Arc::new(proxy), def.listen, def.socket, limits, stop_rx)
+                    .await?,
+            )
+        }
+        None => None,
+    };
     shutdown_signal().await;
     let _ = stop_tx.send(true);
+    if let Some(p) = proxy {
+        p.finish().await;
+    }
     let served = unix_server.await;
     if let Some(t) = tcp_server {
         let _ = t.await;

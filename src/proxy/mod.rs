@@ -76,14 +76,33 @@ struct Route {
     last_forced: Mutex<Option<Instant>>,
 }
 
-struct Proxy {
-    broker: Broker,
+/// The profiles the proxy serves and the broker their tokens come from.
+pub struct Routes {
+    broker: Arc<Broker>,
     routes: HashMap<String, Route>,
     /// `--profile`: the one profile, at the root.
     single: Option<String>,
-    retry_body_limit: usize,
-    metrics: Arc<Metrics>,
-    allowed_uids: Vec<u32>,
+}
+
+/// Where the proxy's routes come from: its own (`broker proxy`), or the daemon's current configuration (`broker
+/// daemon` with `[proxy]`: SIGHUP swaps it, and its refresher keeps a proxied profile fresh).
+pub trait Backing: Send + Sync + 'static {
+    fn routes(&self) -> Option<Arc<Routes>>;
+    /// `profile` was just proxied.
+    fn used(&self, _profile: &str) {}
+}
+
+impl Backing for Arc<Routes> {
+    fn routes(&self) -> Option<Arc<Routes>> {
+        Some(self.clone())
+    }
+}
+
+pub struct Proxy {
+    pub backing: Arc<dyn Backing>,
+    pub retry_body_limit: usize,
+    pub metrics: Arc<Metrics>,
+    pub allowed_uids: Vec<u32>,
 }
 
 /// Who a connection is.
@@ -107,23 +126,80 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
 }
 
 async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
-    if let Some(addr) = args.listen.filter(|a| !a.ip().is_loopback()) {
+    let config = context::load(g)?;
+    let metrics = Arc::new(Metrics::default());
+    let broker = Arc::new(context::broker_all(&config, Some(metrics.clone()))?);
+    let routes = Routes::build(
+        &config,
+        broker,
+        args.profile.as_deref(),
+        args.upstream_timeout,
+    )?;
+    let proxy = Arc::new(Proxy {
+        backing: Arc::new(Arc::new(routes)),
+        retry_body_limit: args.retry_body_limit,
+        metrics,
+        allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
+            .chain(args.allow_uid.iter().copied())
+            .collect(),
+    });
+    crate::daemon::raise_open_file_limit();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listening = start(
+        proxy,
+        args.listen,
+        args.socket.clone(),
+        args.server.limits(),
+        stop_rx,
+    )
+    .await?;
+    crate::daemon::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    listening.finish().await;
+    Ok(())
+}
+
+/// The proxy's listeners, serving until their stop signal.
+pub struct Listening {
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    socket: Option<PathBuf>,
+}
+
+impl Listening {
+    /// Waits for the listeners to finish their requests, then removes the socket.
+    pub async fn finish(self) {
+        for s in self.servers {
+            let _ = s.await;
+        }
+        if let Some(path) = self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Starts `proxy`'s listeners: on `listen` (loopback TCP, its key written to the runtime directory as
+/// `proxy.key`), and on `socket` (default `proxy.sock` in the runtime directory, when `listen` is not given).
+pub async fn start(
+    proxy: Arc<Proxy>,
+    listen: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    limits: listen::Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Listening, Error> {
+    if let Some(addr) = listen.filter(|a| !a.ip().is_loopback()) {
         return Err(Error::usage(format!(
-            "--listen {addr} is not a loopback address: the proxy hands out tokens to whoever reaches it"
+            "proxy: {addr} is not a loopback address: the proxy hands out tokens to whoever reaches it"
         )));
     }
-    let proxy = Arc::new(load(g, args)?);
     let dir = broker_core::paths::runtime_dir().ok_or_else(|| {
         Error::config("no runtime directory: set XDG_RUNTIME_DIR or HOME, or pass --socket")
     })?;
-    crate::daemon::raise_open_file_limit();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let limits = args.server.limits();
     let mut servers = Vec::new();
     let mut socket_path = None;
-    if let Some(addr) = args.listen {
+    if let Some(addr) = listen {
         crate::daemon::check_socket_dir(&dir, true)?;
         let (listener, key) = crate::daemon::listen_tcp(addr, &dir, "proxy.key").await?;
+        tracing::info!("proxy listening on {addr}");
         let ours = listener.local_addr().ok();
         let key: Arc<str> = Arc::from(key);
         let p = proxy.clone();
@@ -147,18 +223,16 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
             listener,
             limits,
             handler,
-            stop_rx.clone(),
+            stop.clone(),
         )));
     }
-    if args.socket.is_some() || args.listen.is_none() {
-        let path = args
-            .socket
-            .clone()
-            .unwrap_or_else(|| dir.join("proxy.sock"));
+    if socket.is_some() || listen.is_none() {
+        let default = socket.is_none();
+        let path = socket.unwrap_or_else(|| dir.join("proxy.sock"));
         let parent = path
             .parent()
             .ok_or_else(|| Error::config("the socket path has no directory"))?;
-        crate::daemon::check_socket_dir(parent, args.socket.is_none())?;
+        crate::daemon::check_socket_dir(parent, default)?;
         crate::daemon::remove_stale_socket(&path)?;
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", path.display())))?;
@@ -174,69 +248,64 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
             listener,
             limits,
             handler,
-            stop_rx.clone(),
+            stop.clone(),
         )));
         socket_path = Some(path);
     }
-    crate::daemon::shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    for s in servers {
-        let _ = s.await;
-    }
-    if let Some(path) = socket_path {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
-}
-
-/// The broker and a route for every profile with an `api` (or the one `--profile`, which must have one).
-fn load(g: &Globals, args: &Args) -> Result<Proxy, Error> {
-    let config = context::load(g)?;
-    let metrics = Arc::new(Metrics::default());
-    let broker = context::broker_all(&config, Some(metrics.clone()))?;
-    let names: Vec<String> = match &args.profile {
-        Some(p) => vec![p.clone()],
-        None => config.profile_names().map(str::to_owned).collect(),
-    };
-    let mut routes = HashMap::new();
-    for name in names {
-        let settings = match config.resolve(&name, &Default::default()) {
-            Ok(s) => s,
-            Err(e) if args.profile.is_some() => return Err(e),
-            Err(e) => {
-                tracing::warn!("not proxying profile `{name}`: {e}");
-                continue;
-            }
-        };
-        match route(&settings, args) {
-            Ok(Some(r)) => {
-                routes.insert(name, r);
-            }
-            Ok(None) if args.profile.is_some() => {
-                return Err(Error::config(format!(
-                    "profile `{name}` has no `api` to proxy to; set `api = \"https://...\"`"
-                )))
-            }
-            Ok(None) => {}
-            Err(e) if args.profile.is_some() => return Err(e),
-            Err(e) => tracing::warn!("not proxying profile `{name}`: {e}"),
-        }
-    }
-    tracing::info!("proxying {} profiles", routes.len());
-    Ok(Proxy {
-        broker,
-        routes,
-        single: args.profile.clone(),
-        retry_body_limit: args.retry_body_limit,
-        metrics,
-        allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
-            .chain(args.allow_uid.iter().copied())
-            .collect(),
+    Ok(Listening {
+        servers,
+        socket: socket_path,
     })
 }
 
+impl Routes {
+    /// A route for every profile of `config` with an `api` (or for `single` only, which must have one), served by
+    /// `broker`.
+    pub fn build(
+        config: &broker_core::Config,
+        broker: Arc<Broker>,
+        single: Option<&str>,
+        upstream_timeout: Duration,
+    ) -> Result<Routes, Error> {
+        let names: Vec<String> = match single {
+            Some(p) => vec![p.to_owned()],
+            None => config.profile_names().map(str::to_owned).collect(),
+        };
+        let mut routes = HashMap::new();
+        for name in names {
+            let settings = match config.resolve(&name, &Default::default()) {
+                Ok(s) => s,
+                Err(e) if single.is_some() => return Err(e),
+                Err(e) => {
+                    tracing::warn!("not proxying profile `{name}`: {e}");
+                    continue;
+                }
+            };
+            match route(&settings, upstream_timeout) {
+                Ok(Some(r)) => {
+                    routes.insert(name, r);
+                }
+                Ok(None) if single.is_some() => {
+                    return Err(Error::config(format!(
+                        "profile `{name}` has no `api` to proxy to; set `api = \"https://...\"`"
+                    )))
+                }
+                Ok(None) => {}
+                Err(e) if single.is_some() => return Err(e),
+                Err(e) => tracing::warn!("not proxying profile `{name}`: {e}"),
+            }
+        }
+        tracing::info!("proxying {} profiles", routes.len());
+        Ok(Routes {
+            broker,
+            routes,
+            single: single.map(str::to_owned),
+        })
+    }
+}
+
 /// A profile's route, if it has an `api`.
-fn route(s: &broker_core::Settings, args: &Args) -> Result<Option<Route>, Error> {
+fn route(s: &broker_core::Settings, upstream_timeout: Duration) -> Result<Option<Route>, Error> {
     let Some(api) = s.api() else {
         return Ok(None);
     };
@@ -256,7 +325,7 @@ fn route(s: &broker_core::Settings, args: &Args) -> Result<Option<Route>, Error>
                 "profile `{name}`: header template is not `Name: value`"
             ))
         })?;
-    let client = broker_core::api_client(s, args.upstream_timeout)?;
+    let client = broker_core::api_client(s, upstream_timeout)?;
     Ok(Some(Route {
         api: api.clone(),
         header,
@@ -343,7 +412,12 @@ impl Proxy {
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let (profile, prefix, rest) = match &self.single {
+        let Some(routes) = self.backing.routes() else {
+            let text =
+                "broker proxy: the daemon's configuration has no [proxy] table any more\n".into();
+            return forward::own_answer(StatusCode::SERVICE_UNAVAILABLE, text);
+        };
+        let (profile, prefix, rest) = match &routes.single {
             Some(p) => (p.clone(), String::new(), format!("{path}{query}")),
             None => {
                 let trimmed = path.trim_start_matches('/');
@@ -357,7 +431,7 @@ impl Proxy {
                 )
             }
         };
-        if !self.routes.contains_key(&profile) {
+        if !routes.routes.contains_key(&profile) {
             return forward::own_answer(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -368,7 +442,8 @@ impl Proxy {
         }
         let logged = forward::logged(&req);
         let started = Instant::now();
-        let (resp, class, retried) = self.forward(&profile, &prefix, &rest, req).await;
+        let (resp, class, retried) = self.forward(&routes, &profile, &prefix, &rest, req).await;
+        self.backing.used(&profile);
         self.metrics
             .proxied(&profile, class, retried, started.elapsed());
         tracing::info!(
@@ -385,12 +460,13 @@ impl Proxy {
     /// Forwards one request: the answer, its status class for the metrics, and whether it was sent again.
     async fn forward(
         &self,
+        routes: &Routes,
         profile: &str,
         prefix: &str,
         rest: &str,
         req: Request<Incoming>,
     ) -> (Response, &'static str, bool) {
-        let Some(route) = self.routes.get(profile) else {
+        let Some(route) = routes.routes.get(profile) else {
             return (
                 forward::own_answer(StatusCode::NOT_FOUND, String::new()),
                 "usage",
@@ -418,24 +494,21 @@ impl Proxy {
                 );
             }
         };
-        let token = match self.broker.token(profile, &TokenRequest::default()).await {
+        let broker = &routes.broker;
+        let token = match broker.token(profile, &TokenRequest::default()).await {
             Ok(t) => t,
             Err(e) => return (token_failure(&e), e.kind().as_str(), false),
         };
         let (body, again) = body.send();
         let (method, url, headers) = (&parts.method, &url, &headers);
-        let mut answer = self
-            .send(route, profile, method, url, headers, body, &token)
-            .await;
+        let mut answer = send(broker, route, profile, method, url, headers, body, &token).await;
         let mut retried = false;
         if let (Ok(resp), Some(again)) = (&answer, again) {
             if forward::wants_new_token(resp.status(), resp.headers()) {
-                if let Some(new) = self.replacement(profile, route, &token).await {
+                if let Some(new) = replacement(broker, profile, route, &token).await {
                     tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
                     let again = reqwest::Body::from(again);
-                    answer = self
-                        .send(route, profile, method, url, headers, again, &new)
-                        .await;
+                    answer = send(broker, route, profile, method, url, headers, again, &new).await;
                     retried = true;
                 }
             }
@@ -468,65 +541,61 @@ impl Proxy {
             }
         }
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        route: &Route,
-        profile: &str,
-        method: &axum::http::Method,
-        url: &Url,
-        headers: &axum::http::HeaderMap,
-        body: reqwest::Body,
-        token: &AccessToken,
-    ) -> reqwest::Result<reqwest::Response> {
-        let mut headers = headers.clone();
-        if let Ok((_, value)) = self.broker.header(profile, token) {
-            if let Ok(mut v) = HeaderValue::try_from(value.expose_secret()) {
-                v.set_sensitive(true);
-                headers.insert(route.header.clone(), v);
-            }
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    broker: &Broker,
+    route: &Route,
+    profile: &str,
+    method: &axum::http::Method,
+    url: &Url,
+    headers: &axum::http::HeaderMap,
+    body: reqwest::Body,
+    token: &AccessToken,
+) -> reqwest::Result<reqwest::Response> {
+    let mut headers = headers.clone();
+    if let Ok((_, value)) = broker.header(profile, token) {
+        if let Ok(mut v) = HeaderValue::try_from(value.expose_secret()) {
+            v.set_sensitive(true);
+            headers.insert(route.header.clone(), v);
         }
-        route
-            .client
-            .request(method.clone(), url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
     }
+    route
+        .client
+        .request(method.clone(), url.clone())
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+}
 
-    /// A token to replace `rejected`, which the api refused: the one another request already got, else a new one
-    /// (at most once per [`FORCED_EVERY`]); `None` when there is none to try.
-    async fn replacement(
-        &self,
-        profile: &str,
-        route: &Route,
-        rejected: &AccessToken,
-    ) -> Option<Arc<AccessToken>> {
-        let _one = route.replacing.lock().await;
-        let current = self
-            .broker
-            .token(profile, &TokenRequest::default())
-            .await
-            .ok()?;
-        if current.secret().expose_secret() != rejected.secret().expose_secret() {
-            return Some(current);
-        }
-        {
-            let mut last = route.last_forced.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < FORCED_EVERY) {
-                return None;
-            }
-            *last = Some(Instant::now());
-        }
-        let forced = TokenRequest {
-            force_refresh: true,
-            ..Default::default()
-        };
-        let new = self.broker.token(profile, &forced).await.ok()?;
-        (new.secret().expose_secret() != rejected.secret().expose_secret()).then_some(new)
+/// A token to replace `rejected`, which the api refused: the one another request already got, else a new one
+/// (at most once per [`FORCED_EVERY`]); `None` when there is none to try.
+async fn replacement(
+    broker: &Broker,
+    profile: &str,
+    route: &Route,
+    rejected: &AccessToken,
+) -> Option<Arc<AccessToken>> {
+    let _one = route.replacing.lock().await;
+    let current = broker.token(profile, &TokenRequest::default()).await.ok()?;
+    if current.secret().expose_secret() != rejected.secret().expose_secret() {
+        return Some(current);
     }
+    {
+        let mut last = route.last_forced.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < FORCED_EVERY) {
+            return None;
+        }
+        *last = Some(Instant::now());
+    }
+    let forced = TokenRequest {
+        force_refresh: true,
+        ..Default::default()
+    };
+    let new = broker.token(profile, &forced).await.ok()?;
+    (new.secret().expose_secret() != rejected.secret().expose_secret()).then_some(new)
 }
 
 /// The upstream's answer as the client gets it: end-to-end headers, a redirect into the api pointed back through

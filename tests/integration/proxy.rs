@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::{metric, poll};
+use crate::daemon::{metric, poll, Daemon};
 use crate::support::*;
 
 const SECRET: &str = "proxy-secret";
@@ -515,4 +515,63 @@ fn an_api_in_clear_to_another_host_is_not_proxied() {
     let proxy = Proxy::start(&home, &[]);
     assert_eq!(proxy.get("/clear/x", "").0, 404);
     assert_eq!(proxy.get("/chili/x", "").0, 200);
+}
+
+#[test]
+fn the_daemon_serves_the_proxy_from_its_own_cache_and_keeps_proxied_profiles_fresh() {
+    let (idp, api) = (issuer(), echo_api());
+    let home = home_with(&idp, &api);
+    let port = free_port();
+    let config = std::fs::read_to_string(home.config_path()).unwrap();
+    home.config(&format!(
+        "{config}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nretry_body_limit = 4096\n"
+    ));
+    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = Daemon::start(&home);
+    let token = body_json(&d.get("/v1/token/chili").2)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    poll("the daemon's proxy", || {
+        raw(
+            port,
+            "GET /.broker/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .0 == 200
+    });
+    let (status, _, body) = raw(
+        port,
+        "GET /chili/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body_json(&body)["headers"]["authorization"],
+        format!("Bearer {token}")
+    );
+    assert_eq!(idp.issued(), 1, "the proxy used the daemon's token");
+    let m = d.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "broker_proxy_requests_total{profile=\"chili\",class=\"2xx\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    // A profile only the proxy used is kept fresh by the daemon's refresher too.
+    let (status, _, _) = raw(
+        port,
+        "GET /ion-like/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    poll("ion-like in the refresh schedule", || {
+        d.get("/v1/profiles").2.contains("\"name\":\"ion-like\"") && {
+            let profiles = body_json(&d.get("/v1/profiles").2);
+            profiles["profiles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == "ion-like" && p["refresh"]["state"] != "idle")
+        }
+    });
 }

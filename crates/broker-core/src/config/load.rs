@@ -98,6 +98,7 @@ pub(super) fn parse_config_file(
     defaults: &mut Fields,
     profiles: &mut BTreeMap<String, ProfileDef>,
     shared_cache: &mut Option<SharedCacheDef>,
+    proxy: &mut Option<ProxyDef>,
 ) -> Result<bool> {
     let doc = parse_toml(file)?;
     let cx = Ctx {
@@ -156,10 +157,11 @@ pub(super) fn parse_config_file(
                 }
             }
             "shared_cache" => *shared_cache = Some(p_shared_cache(&cx, v)?),
+            "proxy" => *proxy = Some(p_proxy(&cx, v)?),
             _ => {
                 return Err(cx.unknown_key(
                     k,
-                    &["defaults", "profiles", "shared_cache"],
+                    &["defaults", "profiles", "shared_cache", "proxy"],
                     "the config file",
                 ))
             }
@@ -341,6 +343,7 @@ impl Config {
                     &mut config.defaults,
                     &mut config.profiles,
                     &mut config.shared_cache,
+                    &mut config.proxy,
                 )?
             };
             if literal {
@@ -371,6 +374,11 @@ impl Config {
     /// The `[shared_cache]` table, if the config file has one (docs/reference.md §9).
     pub fn shared_cache(&self) -> Option<&SharedCacheDef> {
         self.shared_cache.as_ref()
+    }
+
+    /// The `[proxy]` table, if the config file has one: `broker daemon` serves the proxy too.
+    pub fn proxy(&self) -> Option<&ProxyDef> {
+        self.proxy.as_ref()
     }
 
     /// A hash of the loaded files' names and contents.

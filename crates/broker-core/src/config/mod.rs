@@ -146,6 +146,7 @@ pub struct Config {
     defaults: Fields,
     profiles: BTreeMap<String, ProfileDef>,
     shared_cache: Option<SharedCacheDef>,
+    proxy: Option<ProxyDef>,
     files: Vec<String>,
     fingerprint: String,
 }

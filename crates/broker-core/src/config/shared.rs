@@ -1,4 +1,5 @@
-//! The `[shared_cache]` table (docs/reference.md §9), and how its URL is shown: never with its password.
+//! The `[shared_cache]` table (docs/reference.md §9), and how its URL is shown: never with its password; the
+//! `[proxy]` table, which starts `broker proxy`'s listeners inside `broker daemon`.
 
 use super::*;
 
@@ -38,6 +39,20 @@ impl SharedCacheDef {
             )
         })
     }
+}
+
+/// The `[proxy]` table: `broker daemon` also serves the proxy (docs/integrations.md, "The proxy"), from its own
+/// cache and refresher.
+#[derive(Debug, Clone)]
+pub struct ProxyDef {
+    /// A loopback TCP address to listen on.
+    pub listen: Option<std::net::SocketAddr>,
+    /// A Unix socket to listen on (default, when `listen` is not given: `proxy.sock` in the runtime directory).
+    pub socket: Option<PathBuf>,
+    /// Request bodies up to this many bytes are kept for a second attempt after a 401; default 1 MiB.
+    pub retry_body_limit: usize,
+    /// How long the upstream may take to connect and stay silent; default 60 s.
+    pub upstream_timeout: Duration,
 }
 
 /// A Redis URL with its password replaced by `***`; a URL that does not parse is shown as `(unparsable URL)`,

@@ -508,6 +508,56 @@ pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
     }
 }
 
+/// `[proxy]`: `listen` (a loopback address), `socket`, `retry_body_limit` (bytes), `upstream_timeout`.
+pub(super) fn p_proxy(cx: &Ctx, v: &Val) -> Result<ProxyDef> {
+    let t = cx.table("proxy", v)?;
+    let mut def = ProxyDef {
+        listen: None,
+        socket: None,
+        retry_body_limit: 1 << 20,
+        upstream_timeout: Duration::from_secs(60),
+    };
+    for (k, val) in t.iter() {
+        match k.get_ref().as_ref() {
+            "listen" => {
+                let addr: std::net::SocketAddr =
+                    cx.string("listen", val)?.parse().map_err(|_| {
+                        cx.err(
+                            val.span(),
+                            "`listen` is an address and port, like \"127.0.0.1:8081\"",
+                            None,
+                        )
+                    })?;
+                if !addr.ip().is_loopback() {
+                    return Err(cx.err(
+                        val.span(),
+                        "`listen` must be a loopback address: the proxy hands out tokens to whoever reaches it",
+                        None,
+                    ));
+                }
+                def.listen = Some(addr);
+            }
+            "socket" => def.socket = Some(p_path(cx, "socket", val)?),
+            "retry_body_limit" => {
+                def.retry_body_limit = match val.get_ref() {
+                    DeValue::Integer(i) => i.as_str().parse().ok(),
+                    _ => None,
+                }
+                .ok_or_else(|| cx.wrong_type("retry_body_limit", val, "a number of bytes"))?;
+            }
+            "upstream_timeout" => def.upstream_timeout = p_duration(cx, "upstream_timeout", val)?,
+            _ => {
+                return Err(cx.unknown_key(
+                    k,
+                    &["listen", "socket", "retry_body_limit", "upstream_timeout"],
+                    "[proxy]",
+                ))
+            }
+        }
+    }
+    Ok(def)
+}
+
 /// `[shared_cache]`: `url` (`redis://`, `rediss://`, `redis+unix://`), `key` (a secret source), `prefix`.
 pub(super) fn p_shared_cache(cx: &Ctx, v: &Val) -> Result<SharedCacheDef> {
     let t = cx.table("shared_cache", v)?;
