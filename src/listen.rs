@@ -4,6 +4,8 @@
 //! keep-alive connection closed after `idle_timeout`. A connection never waits on another one, so a flood on the TCP
 //! port leaves the Unix socket, the background refresh and `/healthz` untouched.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use axum::response::Response;
 use axum::serve::Listener;
+use broker_core::Error;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -316,4 +319,101 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Refuses a socket directory that is not ours or that others can write to; creates it 0700 if missing. The
+/// default runtime directory is ours alone and tightened to 0700; a directory named by `--socket` is never chmod-ed.
+pub fn check_socket_dir(dir: &Path, default: bool) -> Result<(), Error> {
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(Error::config(format!(
+                "{} belongs to uid {}, not to us (uid {me}): refusing to put the socket there",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(Error::config(format!(
+                "{} is writable by group or others: refusing to put the socket there (chmod 700 {})",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        if !default {
+            return Ok(());
+        }
+    }
+    broker_core::paths::ensure_private_dir(dir)
+}
+
+/// Removes a stale socket at `socket`, and nothing else: a path that is not a socket is refused.
+pub fn remove_stale_socket(socket: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::config(format!(
+            "{} exists and is not a socket: refusing to replace it; choose another --socket",
+            socket.display()
+        )));
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(Error::config(format!(
+            "a daemon is already listening on {}",
+            socket.display()
+        )));
+    }
+    tracing::info!("removing the stale socket {}", socket.display());
+    std::fs::remove_file(socket).map_err(|e| {
+        Error::internal(format!(
+            "cannot remove stale socket {}: {e}",
+            socket.display()
+        ))
+    })
+}
+
+/// Raises the soft open-file limit to the hard one: the connection limits, not the process's file table, are what
+/// bound connections, so a flood on one listener cannot starve the other or the cache.
+pub fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+    }
+}
+
+/// Binds the loopback TCP listener and writes its key, 0600, beside the socket as `key_file`.
+/// (Whether the address may be non-loopback was decided before anything was bound.)
+pub async fn listen_tcp(
+    addr: std::net::SocketAddr,
+    dir: &Path,
+    key_file: &str,
+) -> Result<(tokio::net::TcpListener, String), Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
+    let key = hex::encode(bytes);
+    let path = dir.join(key_file);
+    crate::daemon::write_private(&path, key.as_bytes(), 0o600)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
+    tracing::info!("listening on {addr}; key in {}", path.display());
+    Ok((listener, key))
 }

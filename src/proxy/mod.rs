@@ -13,16 +13,20 @@
 //! query string reaches a log line.*
 
 mod forward;
+mod listeners;
 mod peer;
+mod routes;
 
-use std::collections::HashMap;
+pub use listeners::start;
+use routes::Route;
+pub use routes::Routes;
+
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderValue};
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use broker_core::{AccessToken, Broker, Error, TokenRequest};
@@ -63,25 +67,6 @@ pub struct Args {
     pub upstream_timeout: Duration,
     #[command(flatten)]
     pub server: listen::ServerArgs,
-}
-
-/// One proxied profile.
-struct Route {
-    api: Url,
-    /// The header the profile's token goes in; a client's own copy of it is dropped.
-    header: HeaderName,
-    client: reqwest::Client,
-    /// Held while a rejected token is replaced, so concurrent 401s cost one new token.
-    replacing: tokio::sync::Mutex<()>,
-    last_forced: Mutex<Option<Instant>>,
-}
-
-/// The profiles the proxy serves and the broker their tokens come from.
-pub struct Routes {
-    broker: Arc<Broker>,
-    routes: HashMap<String, Route>,
-    /// `--profile`: the one profile, at the root.
-    single: Option<String>,
 }
 
 /// Where the proxy's routes come from: its own (`broker proxy`), or the daemon's current configuration (`broker
@@ -143,7 +128,7 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
             .chain(args.allow_uid.iter().copied())
             .collect(),
     });
-    crate::daemon::raise_open_file_limit();
+    listen::raise_open_file_limit();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listening = start(
         proxy,
@@ -153,186 +138,10 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         stop_rx,
     )
     .await?;
-    crate::daemon::shutdown_signal().await;
+    listen::shutdown_signal().await;
     let _ = stop_tx.send(true);
     listening.finish().await;
     Ok(())
-}
-
-/// The proxy's listeners, serving until their stop signal.
-pub struct Listening {
-    servers: Vec<tokio::task::JoinHandle<()>>,
-    socket: Option<PathBuf>,
-}
-
-impl Listening {
-    /// Waits for the listeners to finish their requests, then removes the socket.
-    pub async fn finish(self) {
-        for s in self.servers {
-            let _ = s.await;
-        }
-        if let Some(path) = self.socket {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// Starts `proxy`'s listeners: on `listen` (loopback TCP, its key written to the runtime directory as
-/// `proxy.key`), and on `socket` (default `proxy.sock` in the runtime directory, when `listen` is not given).
-pub async fn start(
-    proxy: Arc<Proxy>,
-    listen: Option<SocketAddr>,
-    socket: Option<PathBuf>,
-    limits: listen::Limits,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<Listening, Error> {
-    if let Some(addr) = listen.filter(|a| !a.ip().is_loopback()) {
-        return Err(Error::usage(format!(
-            "proxy: {addr} is not a loopback address: the proxy hands out tokens to whoever reaches it"
-        )));
-    }
-    let dir = broker_core::paths::runtime_dir().ok_or_else(|| {
-        Error::config("no runtime directory: set XDG_RUNTIME_DIR or HOME, or pass --socket")
-    })?;
-    let mut servers = Vec::new();
-    let mut socket_path = None;
-    if let Some(addr) = listen {
-        crate::daemon::check_socket_dir(&dir, true)?;
-        let (listener, key) = crate::daemon::listen_tcp(addr, &dir, "proxy.key").await?;
-        tracing::info!("proxy listening on {addr}");
-        let ours = listener.local_addr().ok();
-        let key: Arc<str> = Arc::from(key);
-        let p = proxy.clone();
-        let handler = move |io: &tokio::net::TcpStream| {
-            // A streamed answer is written in pieces (head, then body): without this, Nagle's algorithm holds a
-            // piece until the client's delayed ACK (tens of milliseconds).
-            let _ = io.set_nodelay(true);
-            Conn {
-                proxy: p.clone(),
-                caller: Caller::Tcp {
-                    uid: io
-                        .peer_addr()
-                        .ok()
-                        .zip(ours)
-                        .and_then(|(peer, ours)| peer::tcp_peer_uid(peer, ours)),
-                    key: key.clone(),
-                },
-            }
-        };
-        servers.push(tokio::spawn(listen::serve(
-            listener,
-            limits,
-            handler,
-            stop.clone(),
-        )));
-    }
-    if socket.is_some() || listen.is_none() {
-        let default = socket.is_none();
-        let path = socket.unwrap_or_else(|| dir.join("proxy.sock"));
-        let parent = path
-            .parent()
-            .ok_or_else(|| Error::config("the socket path has no directory"))?;
-        crate::daemon::check_socket_dir(parent, default)?;
-        crate::daemon::remove_stale_socket(&path)?;
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", path.display())))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::internal(format!("cannot chmod {}: {e}", path.display())))?;
-        tracing::info!("proxy listening on {}", path.display());
-        let p = proxy.clone();
-        let handler = move |io: &tokio::net::UnixStream| Conn {
-            proxy: p.clone(),
-            caller: Caller::Unix(io.peer_cred().ok().map(|c| c.uid())),
-        };
-        servers.push(tokio::spawn(listen::serve(
-            listener,
-            limits,
-            handler,
-            stop.clone(),
-        )));
-        socket_path = Some(path);
-    }
-    Ok(Listening {
-        servers,
-        socket: socket_path,
-    })
-}
-
-impl Routes {
-    /// A route for every profile of `config` with an `api` (or for `single` only, which must have one), served by
-    /// `broker`.
-    pub fn build(
-        config: &broker_core::Config,
-        broker: Arc<Broker>,
-        single: Option<&str>,
-        upstream_timeout: Duration,
-    ) -> Result<Routes, Error> {
-        let names: Vec<String> = match single {
-            Some(p) => vec![p.to_owned()],
-            None => config.profile_names().map(str::to_owned).collect(),
-        };
-        let mut routes = HashMap::new();
-        for name in names {
-            let settings = match config.resolve(&name, &Default::default()) {
-                Ok(s) => s,
-                Err(e) if single.is_some() => return Err(e),
-                Err(e) => {
-                    tracing::warn!("not proxying profile `{name}`: {e}");
-                    continue;
-                }
-            };
-            match route(&settings, upstream_timeout) {
-                Ok(Some(r)) => {
-                    routes.insert(name, r);
-                }
-                Ok(None) if single.is_some() => {
-                    return Err(Error::config(format!(
-                        "profile `{name}` has no `api` to proxy to; set `api = \"https://...\"`"
-                    )))
-                }
-                Ok(None) => {}
-                Err(e) if single.is_some() => return Err(e),
-                Err(e) => tracing::warn!("not proxying profile `{name}`: {e}"),
-            }
-        }
-        tracing::info!("proxying {} profiles", routes.len());
-        Ok(Routes {
-            broker,
-            routes,
-            single: single.map(str::to_owned),
-        })
-    }
-}
-
-/// A profile's route, if it has an `api`.
-fn route(s: &broker_core::Settings, upstream_timeout: Duration) -> Result<Option<Route>, Error> {
-    let Some(api) = s.api() else {
-        return Ok(None);
-    };
-    let name = s.profile();
-    if !broker_core::config::secure_enough(api, s.allow_http()) {
-        return Err(Error::config(format!(
-            "profile `{name}`: api {api} is plain http to another host: the token would cross the network in \
-             clear (set `allow_http = true` if that network is trusted)"
-        )));
-    }
-    let header = s
-        .header()
-        .split_once(':')
-        .and_then(|(n, _)| HeaderName::try_from(n.trim()).ok())
-        .ok_or_else(|| {
-            Error::config(format!(
-                "profile `{name}`: header template is not `Name: value`"
-            ))
-        })?;
-    let client = broker_core::api_client(s, upstream_timeout)?;
-    Ok(Some(Route {
-        api: api.clone(),
-        header,
-        client,
-        replacing: tokio::sync::Mutex::new(()),
-        last_forced: Mutex::new(None),
-    }))
 }
 
 impl Handler for Conn {

@@ -43,6 +43,8 @@ mod docker_credential;
 mod sinks;
 // `broker proxy` in front of a real API: headers, origins, redirects, 401 retries, streaming, callers, Python.
 mod proxy;
+// Who may call the proxy (uids, the key, Python's requests with a base URL) and [proxy] inside the daemon.
+mod proxy_callers;
 // The CLI's other commands, formats, exit codes and config errors.
 mod cli;
 // `broker demo`, the README's first command.

@@ -1,7 +1,7 @@
 //! `broker proxy` in front of a real API (tests/servers/echo-api.mjs) with tokens from a real Auth0-style issuer
 //! (oauth2-mock-server): the header of each profile, the client's own header replaced, absolute-form targets and
 //! redirects that never take the token elsewhere, one new token for a 401, 100 MiB each way in bounded memory, a
-//! slowloris cut off, other uids refused, and Python's `requests` with nothing but a base URL.
+//! slowloris cut off. Who may call it, and the proxy inside the daemon: `proxy_callers.rs`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -10,19 +10,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::{metric, poll, Daemon};
+use crate::daemon::{metric, poll};
 use crate::support::*;
 
-const SECRET: &str = "proxy-secret";
+pub(crate) const SECRET: &str = "proxy-secret";
 
-struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Proxy {
     /// `broker proxy --listen 127.0.0.1:<free port>` with `args`, waited for until it answers.
-    fn start(home: &Home, args: &[&str]) -> Proxy {
+    pub(crate) fn start(home: &Home, args: &[&str]) -> Proxy {
         let port = free_port();
         let log = std::fs::File::create(home.path().join("proxy.log")).unwrap();
         let child = home
@@ -44,7 +44,7 @@ impl Proxy {
         p
     }
 
-    fn get(&self, path: &str, extra: &str) -> (u16, String, String) {
+    pub(crate) fn get(&self, path: &str, extra: &str) -> (u16, String, String) {
         raw(
             self.port,
             &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"),
@@ -64,7 +64,7 @@ impl Drop for Proxy {
 }
 
 /// One request written as is to 127.0.0.1:`port`: status, head, body.
-fn raw(port: u16, request: &str) -> (u16, String, String) {
+pub(crate) fn raw(port: u16, request: &str) -> (u16, String, String) {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new(), String::new());
     };
@@ -91,7 +91,7 @@ fn raw(port: u16, request: &str) -> (u16, String, String) {
 }
 
 /// A chunked body's data.
-fn dechunk(mut body: &str) -> String {
+pub(crate) fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
@@ -104,7 +104,7 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-fn issuer() -> NodeServer {
+pub(crate) fn issuer() -> NodeServer {
     NodeServer::start(
         "mock-auth0.mjs",
         &[
@@ -117,12 +117,12 @@ fn issuer() -> NodeServer {
 }
 
 /// The API on `ports[0]`, the host that must see no token on `ports[1]`.
-fn echo_api() -> NodeServer {
+pub(crate) fn echo_api() -> NodeServer {
     NodeServer::start("echo-api.mjs", &[])
 }
 
 /// Two profiles on one issuer and one api: `chili` (Bearer) and `ion-like` (ION's raw `Authorization: <token>`).
-fn home_with(issuer: &NodeServer, api: &NodeServer) -> Home {
+pub(crate) fn home_with(issuer: &NodeServer, api: &NodeServer) -> Home {
     let home = Home::new();
     let base = issuer.base();
     let api = format!("http://127.0.0.1:{}", api.ports[0]);
@@ -136,11 +136,11 @@ fn home_with(issuer: &NodeServer, api: &NodeServer) -> Home {
     home
 }
 
-fn body_json(body: &str) -> Value {
+pub(crate) fn body_json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-fn seen_elsewhere(api: &NodeServer) -> Value {
+pub(crate) fn seen_elsewhere(api: &NodeServer) -> Value {
     body_json(&http_get(api.ports[1], "/__seen"))
 }
 
@@ -307,7 +307,7 @@ fn a_401_about_the_token_costs_one_new_token_however_many_requests_saw_it() {
 }
 
 /// Peak resident memory of a process, in KiB.
-fn peak_kib(pid: u32) -> u64 {
+pub(crate) fn peak_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -394,184 +394,4 @@ fn a_slowloris_client_is_cut_off_and_others_are_served() {
         }
     }
     assert!(closed, "the slow client was not cut off");
-}
-
-#[test]
-fn another_uid_is_refused_unless_it_has_the_key() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        return; // playing another uid needs root, as CI runs
-    }
-    let (idp, api) = (issuer(), echo_api());
-    let home = home_with(&idp, &api);
-    let proxy = Proxy::start(&home, &[]);
-    let url = format!("http://127.0.0.1:{}/chili/echo", proxy.port);
-    let as_nobody = |extra: &[&str]| {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "curl",
-                "-s",
-            ])
-            .args(extra)
-            .args(["-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert_eq!(as_nobody(&[]), "403");
-    let key = std::fs::read_to_string(home.path().join("run/broker/proxy.key")).unwrap();
-    assert_eq!(
-        std::fs::metadata(home.path().join("run/broker/proxy.key"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
-    assert_eq!(
-        as_nobody(&["-H", &format!("Proxy-Authorization: Bearer {key}")]),
-        "200"
-    );
-    assert_eq!(
-        as_nobody(&["-H", "Proxy-Authorization: Bearer wrong"]),
-        "403"
-    );
-    assert_eq!(idp.issued(), 1);
-}
-
-#[test]
-fn pythons_requests_with_only_a_base_url_reaches_the_api_and_a_redirect_elsewhere_carries_no_token()
-{
-    let (idp, api) = (issuer(), echo_api());
-    let home = home_with(&idp, &api);
-    let proxy = Proxy::start(&home, &["--profile", "ion-like"]);
-    let script = r#"
-import json, sys, requests
-base = sys.argv[1]
-r = requests.post(base + "/graphql", json={"query": "{ runs { id } }"})
-r.raise_for_status()
-echo = r.json()
-away = requests.get(base + "/redirect-away")
-print(json.dumps({"url": echo["url"], "auth": echo["headers"].get("authorization"), "body": echo["body"], "away": away.status_code}))
-"#;
-    let out = home
-        .program("python3")
-        .args(["-c", script, &format!("http://127.0.0.1:{}", proxy.port)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = body_json(&String::from_utf8_lossy(&out.stdout));
-    let token = home
-        .run(["token", "ion-like", "--no-daemon"])
-        .success()
-        .token();
-    assert_eq!(got["url"], "/v2/graphql");
-    assert_eq!(got["auth"], token.as_str());
-    assert_eq!(got["body"], r#"{"query": "{ runs { id } }"}"#);
-    assert_eq!(
-        got["away"], 200,
-        "requests followed the redirect to the other host"
-    );
-    let seen = seen_elsewhere(&api);
-    assert_eq!(seen.as_array().map(Vec::len), Some(1), "{seen}");
-    assert_eq!(
-        seen[0]["authorization"],
-        Value::Null,
-        "the token went elsewhere: {seen}"
-    );
-}
-
-#[test]
-fn an_api_in_clear_to_another_host_is_not_proxied() {
-    let (idp, api) = (issuer(), echo_api());
-    let home = home_with(&idp, &api);
-    let config = std::fs::read_to_string(home.config_path()).unwrap();
-    home.config(&format!(
-        "{config}\n[profiles.clear]\nprovider = \"chili\"\ntoken_url = \"{}/oauth/token\"\nclient_id = \"cid\"\n\
-         client_secret = {SECRET:?}\napi = \"http://api.example.com\"\n",
-        idp.base()
-    ));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = home
-        .cmd([
-            "proxy",
-            "--profile",
-            "clear",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in clear"));
-    let proxy = Proxy::start(&home, &[]);
-    assert_eq!(proxy.get("/clear/x", "").0, 404);
-    assert_eq!(proxy.get("/chili/x", "").0, 200);
-}
-
-#[test]
-fn the_daemon_serves_the_proxy_from_its_own_cache_and_keeps_proxied_profiles_fresh() {
-    let (idp, api) = (issuer(), echo_api());
-    let home = home_with(&idp, &api);
-    let port = free_port();
-    let config = std::fs::read_to_string(home.config_path()).unwrap();
-    home.config(&format!(
-        "{config}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nretry_body_limit = 4096\n"
-    ));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = Daemon::start(&home);
-    let token = body_json(&d.get("/v1/token/chili").2)["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    poll("the daemon's proxy", || {
-        raw(
-            port,
-            "GET /.broker/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .0 == 200
-    });
-    let (status, _, body) = raw(
-        port,
-        "GET /chili/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body_json(&body)["headers"]["authorization"],
-        format!("Bearer {token}")
-    );
-    assert_eq!(idp.issued(), 1, "the proxy used the daemon's token");
-    let m = d.metrics();
-    assert_eq!(
-        metric(
-            &m,
-            "broker_proxy_requests_total{profile=\"chili\",class=\"2xx\"}"
-        ),
-        1.0,
-        "{m}"
-    );
-    // A profile only the proxy used is kept fresh by the daemon's refresher too.
-    let (status, _, _) = raw(
-        port,
-        "GET /ion-like/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 200);
-    poll("ion-like in the refresh schedule", || {
-        d.get("/v1/profiles").2.contains("\"name\":\"ion-like\"") && {
-            let profiles = body_json(&d.get("/v1/profiles").2);
-            profiles["profiles"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["name"] == "ion-like" && p["refresh"]["state"] != "idle")
-        }
-    });
 }

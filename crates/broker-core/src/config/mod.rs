@@ -24,6 +24,7 @@ mod load;
 mod resolve;
 mod settings;
 mod shared;
+mod sink;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -36,9 +37,10 @@ pub(crate) use resolve::is_loopback;
 pub use resolve::{secure_enough, ACCESS_TOKEN_TYPE};
 pub use settings::*;
 pub use shared::*;
+pub use sink::*;
 pub(crate) use source::Origin;
 use source::*;
-pub use values::*;
+pub(crate) use values::*;
 pub use vocab::*;
 
 /// One environment of a provider.
