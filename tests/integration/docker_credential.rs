@@ -18,15 +18,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let idp = NodeServer::start(
-        "mock-auth0.mjs",
-        &[
-            ("CLIENT_ID", "cid"),
-            ("CLIENT_SECRET", SECRET),
-            ("AUDIENCE", "https://chiligrafx.com"),
-            ("TOKEN_TTL", "300"),
-        ],
-    );
+    let idp = auth0_issuer(SECRET, "300");
     let front = NodeServer::start(
         "registry-front.mjs",
         &[

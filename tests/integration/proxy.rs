@@ -105,15 +105,7 @@ pub(crate) fn dechunk(mut body: &str) -> String {
 }
 
 pub(crate) fn issuer() -> NodeServer {
-    NodeServer::start(
-        "mock-auth0.mjs",
-        &[
-            ("CLIENT_ID", "cid"),
-            ("CLIENT_SECRET", SECRET),
-            ("AUDIENCE", "https://chiligrafx.com"),
-            ("TOKEN_TTL", "300"),
-        ],
-    )
+    auth0_issuer(SECRET, "300")
 }
 
 /// The API on `ports[0]`, the host that must see no token on `ports[1]`.

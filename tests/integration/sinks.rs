@@ -12,15 +12,7 @@ use crate::support::*;
 const SECRET: &str = "sink-secret";
 
 fn issuer() -> NodeServer {
-    NodeServer::start(
-        "mock-auth0.mjs",
-        &[
-            ("CLIENT_ID", "cid"),
-            ("CLIENT_SECRET", SECRET),
-            ("AUDIENCE", "https://chiligrafx.com"),
-            ("TOKEN_TTL", "300"),
-        ],
-    )
+    auth0_issuer(SECRET, "300")
 }
 
 fn profile(name: &str, idp: &NodeServer, api: &str, sink: &str) -> String {

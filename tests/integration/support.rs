@@ -324,6 +324,20 @@ impl Drop for NodeServer {
     }
 }
 
+/// oauth2-mock-server as an Auth0 tenant for client `cid` with `secret` and CHILI's audience, issuing tokens of
+/// `ttl` seconds.
+pub fn auth0_issuer(secret: &str, ttl: &str) -> NodeServer {
+    NodeServer::start(
+        "mock-auth0.mjs",
+        &[
+            ("CLIENT_ID", "cid"),
+            ("CLIENT_SECRET", secret),
+            ("AUDIENCE", "https://chiligrafx.com"),
+            ("TOKEN_TTL", ttl),
+        ],
+    )
+}
+
 /// A minimal HTTP/1.0 GET on loopback, returning the body.
 pub fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
