@@ -33,13 +33,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// `headers` without the hop-by-hop ones, those the `Connection` header names, and `drop`.
 pub fn end_to_end(headers: &HeaderMap, drop: &[&HeaderName]) -> HeaderMap {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
+    let named = connection_named(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let hop = HOP_BY_HOP.contains(name)
@@ -51,6 +45,26 @@ pub fn end_to_end(headers: &HeaderMap, drop: &[&HeaderName]) -> HeaderMap {
         }
     }
     out
+}
+
+/// Removes from `headers` the hop-by-hop ones and those the `Connection` header names (an answer's headers, kept
+/// in place rather than copied).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect()
 }
 
 /// The upstream URL of a request for `rest` (the path after the profile's prefix, empty or starting with `/`, and
@@ -252,6 +266,11 @@ mod tests {
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort();
         assert_eq!(names, ["accept", "x-request-id"]);
+        let mut in_place = h.clone();
+        strip_hop_by_hop(&mut in_place);
+        let mut names: Vec<&str> = in_place.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "authorization", "x-request-id"]);
     }
 
     #[test]

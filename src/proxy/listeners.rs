@@ -62,11 +62,7 @@ pub async fn start(
             Conn {
                 proxy: p.clone(),
                 caller: Caller::Tcp {
-                    uid: io
-                        .peer_addr()
-                        .ok()
-                        .zip(ours)
-                        .and_then(|(peer, ours)| peer::tcp_peer_uid(peer, ours)),
+                    owner: Arc::new(peer::Owner::new(io.peer_addr().ok().zip(ours))),
                     key: key.clone(),
                 },
             }

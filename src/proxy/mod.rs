@@ -95,8 +95,12 @@ pub struct Proxy {
 enum Caller {
     /// A Unix-socket peer, with its uid if the kernel said it.
     Unix(Option<u32>),
-    /// A loopback TCP client: the uid owning its socket, if found, and the key it may send instead.
-    Tcp { uid: Option<u32>, key: Arc<str> },
+    /// A loopback TCP client: who owns its socket (asked of the kernel on its first request without the key),
+    /// and the key it may send instead.
+    Tcp {
+        owner: Arc<peer::Owner>,
+        key: Arc<str>,
+    },
 }
 
 #[derive(Clone)]
@@ -166,7 +170,7 @@ impl Conn {
         let allowed = |uid: &Option<u32>| uid.is_some_and(|u| self.proxy.allowed_uids.contains(&u));
         let ok = match &self.caller {
             Caller::Unix(uid) => allowed(uid),
-            Caller::Tcp { uid, key } => {
+            Caller::Tcp { owner, key } => {
                 use subtle::ConstantTimeEq;
                 let given = req
                     .headers()
@@ -175,7 +179,7 @@ impl Conn {
                     .and_then(|v| v.strip_prefix("Bearer "));
                 match given {
                     Some(given) => bool::from(given.as_bytes().ct_eq(key.as_bytes())),
-                    None => allowed(uid),
+                    None => allowed(&owner.uid()),
                 }
             }
         };
@@ -196,7 +200,7 @@ impl Conn {
     fn describe(&self) -> String {
         match &self.caller {
             Caller::Unix(uid) => format!("uid {uid:?} on the Unix socket"),
-            Caller::Tcp { uid, .. } => format!("uid {uid:?} over TCP"),
+            Caller::Tcp { owner, .. } => format!("uid {:?} over TCP", owner.uid()),
         }
     }
 }
@@ -249,19 +253,22 @@ impl Proxy {
                 ),
             );
         }
-        let logged = forward::logged(&req);
+        let logged = tracing::enabled!(target: "broker::access", tracing::Level::INFO)
+            .then(|| forward::logged(&req));
         let started = Instant::now();
         let (resp, class, retried) = self.forward(&routes, &profile, &prefix, &rest, req).await;
         self.backing.used(&profile);
         self.metrics
             .proxied(&profile, class, retried, started.elapsed());
-        tracing::info!(
-            target: "broker::access",
-            "{logged} -> {} ({class}{}) {:.1} ms",
-            resp.status().as_u16(),
-            if retried { ", retried with a new token" } else { "" },
-            started.elapsed().as_secs_f64() * 1e3
-        );
+        if let Some(logged) = logged {
+            tracing::info!(
+                target: "broker::access",
+                "{logged} -> {} ({class}{}) {:.1} ms",
+                resp.status().as_u16(),
+                if retried { ", retried with a new token" } else { "" },
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, axum::body::Body::new(Guarded { body, answering }))
     }
@@ -291,7 +298,7 @@ impl Proxy {
             );
         };
         let (parts, body) = req.into_parts();
-        let headers = forward::end_to_end(&parts.headers, &[&route.header, &header::HOST]);
+        let to_send = || forward::end_to_end(&parts.headers, &[&route.header, &header::HOST]);
         let body = match Outgoing::read(body, self.retry_body_limit).await {
             Ok(b) => b,
             Err(e) => {
@@ -309,15 +316,26 @@ impl Proxy {
             Err(e) => return (token_failure(&e), e.kind().as_str(), false),
         };
         let (body, again) = body.send();
-        let (method, url, headers) = (&parts.method, &url, &headers);
-        let mut answer = send(broker, route, profile, method, url, headers, body, &token).await;
+        let method = &parts.method;
+        let mut answer = send(
+            broker,
+            route,
+            profile,
+            method,
+            url.clone(),
+            to_send(),
+            body,
+            &token,
+        )
+        .await;
         let mut retried = false;
         if let (Ok(resp), Some(again)) = (&answer, again) {
             if forward::wants_new_token(resp.status(), resp.headers()) {
                 if let Some(new) = replacement(broker, profile, route, &token).await {
                     tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
                     let again = reqwest::Body::from(again);
-                    answer = send(broker, route, profile, method, url, headers, again, &new).await;
+                    answer =
+                        send(broker, route, profile, method, url, to_send(), again, &new).await;
                     retried = true;
                 }
             }
@@ -358,12 +376,11 @@ async fn send(
     route: &Route,
     profile: &str,
     method: &axum::http::Method,
-    url: &Url,
-    headers: &axum::http::HeaderMap,
+    url: Url,
+    mut headers: axum::http::HeaderMap,
     body: reqwest::Body,
     token: &AccessToken,
 ) -> reqwest::Result<reqwest::Response> {
-    let mut headers = headers.clone();
     if let Ok((_, value)) = broker.header(profile, token) {
         if let Ok(mut v) = HeaderValue::try_from(value.expose_secret()) {
             v.set_sensitive(true);
@@ -372,7 +389,7 @@ async fn send(
     }
     route
         .client
-        .request(method.clone(), url.clone())
+        .request(method.clone(), url)
         .headers(headers)
         .body(body)
         .send()
@@ -410,11 +427,12 @@ async fn replacement(
 /// The upstream's answer as the client gets it: end-to-end headers, a redirect into the api pointed back through
 /// the proxy, the body streamed.
 fn answer_of(
-    resp: reqwest::Response,
+    mut resp: reqwest::Response,
     route: &Route,
     prefix: &str,
 ) -> axum::http::Response<reqwest::Body> {
-    let mut headers = forward::end_to_end(resp.headers(), &[]);
+    let mut headers = std::mem::take(resp.headers_mut());
+    forward::strip_hop_by_hop(&mut headers);
     if resp.status().is_redirection() {
         let local = headers
             .get(header::LOCATION)
