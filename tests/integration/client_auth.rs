@@ -8,25 +8,25 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const JWT_SECRET: &str = "a client secret long enough for HS256 (32+ bytes)";
-const POST_SECRET: &str = "post-client secret";
-const SAN: &str = "client.broker.test";
+pub(crate) const JWT_SECRET: &str = "a client secret long enough for HS256 (32+ bytes)";
+pub(crate) const POST_SECRET: &str = "post-client secret";
+pub(crate) const SAN: &str = "client.broker.test";
 
 /// A certificate and its key, PEM.
-struct CertPem {
-    cert: String,
-    key: String,
+pub(crate) struct CertPem {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 /// Certificate parameters for `name`, with it as the common name (rcgen's default subject is the same for every
 /// certificate, which would make a leaf look self-signed: its subject equal to its issuer).
-fn params(name: &str) -> CertificateParams {
+pub(crate) fn params(name: &str) -> CertificateParams {
     let mut p = CertificateParams::new(vec![name.to_owned()]).unwrap();
     p.distinguished_name.push(DnType::CommonName, name);
     p
 }
 
-fn self_signed(name: &str) -> CertPem {
+pub(crate) fn self_signed(name: &str) -> CertPem {
     let key = KeyPair::generate().unwrap();
     let cert = params(name).self_signed(&key).unwrap();
     CertPem {
@@ -36,23 +36,23 @@ fn self_signed(name: &str) -> CertPem {
 }
 
 /// The keys and certificates of one test server: which clients exist and what they authenticate with.
-struct Fixture {
-    dir: tempfile::TempDir,
-    rsa: KeyPem,
-    rsa_next: KeyPem,
-    p256: KeyPem,
-    p384: KeyPem,
-    ed25519: KeyPem,
-    ca: CertPem,
-    client: CertPem,
-    rogue: CertPem,
-    self_signed: CertPem,
-    other_self_signed: CertPem,
-    cluster: KeyPem,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) rsa: KeyPem,
+    pub(crate) rsa_next: KeyPem,
+    pub(crate) p256: KeyPem,
+    pub(crate) p384: KeyPem,
+    pub(crate) ed25519: KeyPem,
+    pub(crate) ca: CertPem,
+    pub(crate) client: CertPem,
+    pub(crate) rogue: CertPem,
+    pub(crate) self_signed: CertPem,
+    pub(crate) other_self_signed: CertPem,
+    pub(crate) cluster: KeyPem,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = params("broker test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -93,7 +93,7 @@ impl Fixture {
     }
 
     /// Starts oidc-provider with every client of these tests.
-    fn start(&self) -> NodeServer {
+    pub(crate) fn start(&self) -> NodeServer {
         let key = |k: &KeyPem, kid: &str| json!({ "pem": k.public, "kid": kid });
         let conf = json!({
             "clients": [
@@ -128,7 +128,7 @@ impl Fixture {
 }
 
 /// Writes `text` as a 0600 file in `home` and returns its path.
-fn secret_file(home: &Home, name: &str, text: &str) -> PathBuf {
+pub(crate) fn secret_file(home: &Home, name: &str, text: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = home.path().join(name);
     std::fs::write(&p, text).unwrap();
@@ -136,27 +136,27 @@ fn secret_file(home: &Home, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn issuer(idp: &NodeServer) -> String {
+pub(crate) fn issuer(idp: &NodeServer) -> String {
     format!("{}/realms/api-keys", idp.base())
 }
 
-fn token_url(idp: &NodeServer) -> String {
+pub(crate) fn token_url(idp: &NodeServer) -> String {
     format!("{}/protocol/openid-connect/token", issuer(idp))
 }
 
-fn claims(token: &str) -> serde_json::Map<String, Value> {
+pub(crate) fn claims(token: &str) -> serde_json::Map<String, Value> {
     broker_core::token::jwt_claims(token).unwrap_or_else(|| panic!("not a JWT: {token}"))
 }
 
 /// A profile of kind oauth2 at the server's token endpoint, with `extra` lines.
-fn profile(name: &str, idp: &NodeServer, extra: &str) -> String {
+pub(crate) fn profile(name: &str, idp: &NodeServer, extra: &str) -> String {
     format!(
         "[profiles.{name}]\nkind = \"oauth2\"\ntoken_url = \"{}\"\n{extra}\n",
         token_url(idp)
     )
 }
 
-fn path(p: &Path) -> String {
+pub(crate) fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -342,7 +342,7 @@ fn a_new_key_file_is_a_new_cache_entry_and_a_warm_hit_asks_nothing() -> TestResu
 
 /// A profile per certificate at `endpoint` (an `issuer` or `token_url` line), with `auth` lines, its certificate and
 /// key in 0600 files, trusting the test CA.
-fn mtls_profiles(
+pub(crate) fn mtls_profiles(
     home: &Home,
     fx: &Fixture,
     endpoint: &str,
@@ -423,286 +423,4 @@ fn self_signed_tls_client_auth_takes_the_registered_certificate_only() -> TestRe
     home.run(["token", "other"]).code(4);
     assert_eq!(idp.issued(), 1);
     Ok(())
-}
-
-/// A Kubernetes-like service-account token signed by the "cluster" key the server trusts.
-fn cluster_token(fx: &Fixture, sub: &str) -> String {
-    use tokio_rustls::rustls::pki_types::{pem::PemObject, PrivatePkcs8KeyDer};
-    let der = PrivatePkcs8KeyDer::from_pem_slice(fx.cluster.private.as_bytes()).unwrap();
-    let key = jsonwebtoken::EncodingKey::from_ec_der(der.secret_pkcs8_der());
-    let now = now_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("subject-0".into()); // the key's id in the server's list of trusted subject keys
-    jsonwebtoken::encode(
-        &header,
-        &json!({ "iss": "https://kubernetes.default.svc", "sub": sub, "aud": "sts", "iat": now, "exp": now + 600 }),
-        &key,
-    )
-    .unwrap()
-}
-
-#[test]
-fn token_exchange_of_a_projected_service_account_token_file() -> TestResult {
-    let fx = Fixture::new();
-    let idp = fx.start();
-    let home = Home::new();
-    let sa = secret_file(
-        &home,
-        "sa-token",
-        &cluster_token(&fx, "system:serviceaccount:ci:runner"),
-    );
-    home.config(&profile(
-        "api",
-        &idp,
-        &format!(
-            "grant = \"token_exchange\"\nauth = \"none\"\nclient_id = \"exchanger\"\nsubject_token = {{ file = \"{}\" }}\nsubject_token_type = \"urn:ietf:params:oauth:token-type:jwt\"",
-            path(&sa)
-        ),
-    ));
-    let first = home.run(["token", "api"]);
-    first.success();
-    let c = claims(&first.token());
-    assert_eq!(c["sub"], "system:serviceaccount:ci:runner");
-    assert_eq!(c["act"]["sub"], "exchanger");
-    assert_eq!(
-        c["subject_token_type"],
-        "urn:ietf:params:oauth:token-type:jwt"
-    );
-    home.run(["token", "api"]).success();
-    assert_eq!(idp.issued(), 1, "served from the cache");
-    // The kubelet rotates the file: a new subject is a new cache entry, exchanged at once.
-    std::fs::write(&sa, cluster_token(&fx, "system:serviceaccount:ci:other"))?;
-    let rotated = home.run(["token", "api"]);
-    rotated.success();
-    assert_eq!(
-        claims(&rotated.token())["sub"],
-        "system:serviceaccount:ci:other"
-    );
-    assert_eq!(idp.issued(), 2);
-    // A subject the server does not trust: the grant is refused (exit 4, invalid_grant), naming the source.
-    std::fs::write(&sa, crate::support::jwt(&json!({ "sub": "forged" })))?;
-    home.run(["token", "api"])
-        .code(4)
-        .stderr_has("subject_token from file");
-    Ok(())
-}
-
-#[test]
-fn token_exchange_of_another_profiles_token_fetches_that_one_first() -> TestResult {
-    let fx = Fixture::new();
-    let idp = fx.start();
-    let home = Home::new();
-    home.config(&format!(
-        "{}{}",
-        profile(
-            "base",
-            &idp,
-            &format!("client_id = \"post-client\"\nclient_secret = \"{POST_SECRET}\"")
-        ),
-        profile(
-            "exchanged",
-            &idp,
-            "grant = \"token_exchange\"\nauth = \"none\"\nclient_id = \"exchanger\"\nsubject_token = { profile = \"base\" }"
-        )
-    ));
-    let run = home.run(["token", "exchanged"]);
-    run.success();
-    let c = claims(&run.token());
-    assert_eq!(c["sub"], "post-client", "the subject is base's token");
-    assert_eq!(
-        c["subject_token_type"],
-        "urn:ietf:params:oauth:token-type:access_token"
-    );
-    assert_eq!(idp.issued(), 2, "base's token, then the exchange");
-    assert_eq!(home.cached_tokens(), 2);
-    home.run(["token", "base"]).success();
-    home.run(["token", "exchanged"]).success();
-    assert_eq!(idp.issued(), 2, "both served from the cache");
-    home.run(["check"])
-        .success()
-        .stdout_has("subject_token        profile base");
-    Ok(())
-}
-
-#[test]
-fn a_token_exchange_cycle_and_an_unknown_subject_profile_are_config_errors() -> TestResult {
-    let home = Home::new();
-    let exchange = |name: &str, subject: &str| {
-        format!("[profiles.{name}]\nkind = \"oauth2\"\ntoken_url = \"https://sts.example/token\"\ngrant = \"token_exchange\"\nauth = \"none\"\nclient_id = \"x\"\nsubject_token = {{ profile = \"{subject}\" }}\n\n")
-    };
-    home.config(&format!(
-        "{}{}{}",
-        exchange("a", "b"),
-        exchange("b", "c"),
-        exchange("c", "a")
-    ));
-    let run = home.run(["token", "a"]);
-    run.code(3)
-        .stderr_has("token exchange cycle: a -> b -> c -> a");
-    run.stderr_has("config.toml:23:");
-    home.config(&exchange("a", "bee"));
-    home.run(["list"])
-        .code(3)
-        .stderr_has("exchanges the token of profile `bee`, which does not exist");
-    Ok(())
-}
-
-#[test]
-fn bad_material_is_a_config_error_that_names_the_file() -> TestResult {
-    let fx = Fixture::new();
-    let home = Home::new();
-    let garbage = secret_file(
-        &home,
-        "garbage.pem",
-        "-----BEGIN NOTHING-----\nzz\n-----END NOTHING-----\n",
-    );
-    let ed = secret_file(&home, "ed.pem", &fx.ed25519.private);
-    let expired = {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![SAN.to_owned()])?;
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        let cert = params.self_signed(&key)?;
-        (
-            secret_file(&home, "old.crt", &cert.pem()),
-            secret_file(&home, "old.key", &key.serialize_pem()),
-        )
-    };
-    let base = "kind = \"oauth2\"\ntoken_url = \"https://as.example/token\"\nclient_id = \"c\"\n";
-    let cases = [
-        (
-            format!("auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{}\" }}", path(&garbage)),
-            format!("private_key (set at {}", home.config_path().display()),
-            "not a PEM private key".to_owned(),
-        ),
-        (
-            format!("auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{}\" }}\nsigning_alg = \"RS256\"", path(&ed)),
-            path(&ed),
-            "an Ed25519 key, which cannot sign `signing_alg = \"RS256\"` (it signs EdDSA)".to_owned(),
-        ),
-        (
-            format!(
-                "auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}",
-                path(&expired.0),
-                path(&expired.1)
-            ),
-            path(&expired.0),
-            "a certificate that expired 2021-01-01".to_owned(),
-        ),
-    ];
-    for (lines, names, says) in cases {
-        home.config(&format!("[profiles.p]\n{base}{lines}\n"));
-        let check = home.run(["check"]);
-        check.code(3).stdout_has(&names).stdout_has(&says);
-        // The same material at fetch time: a config error before any request.
-        home.run(["token", "p"]).code(3).stderr_has(&says);
-    }
-    // A certificate that ends within a week: check passes, with a warning that says when.
-    let soon = {
-        let key = KeyPair::generate()?;
-        let mut p = params(SAN);
-        // Midnight (UTC) of the day three days from now: two to three days left.
-        let day = humantime::format_rfc3339(
-            std::time::SystemTime::now() + std::time::Duration::from_secs(3 * 86_400),
-        )
-        .to_string();
-        let ymd: Vec<i32> = day[..10]
-            .split('-')
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        p.not_after = rcgen::date_time_ymd(ymd[0], ymd[1] as u8, ymd[2] as u8);
-        let cert = p.self_signed(&key)?;
-        (
-            secret_file(&home, "soon.crt", &cert.pem()),
-            secret_file(&home, "soon.key", &key.serialize_pem()),
-        )
-    };
-    home.config(&format!(
-        "[profiles.p]\n{base}auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}\n",
-        path(&soon.0),
-        path(&soon.1)
-    ));
-    home.run(["check"])
-        .success()
-        .stdout_has("warning: profile `p`: client_cert file")
-        .stdout_has(": renew it");
-    // HS256 with a private key is caught when the file is loaded, at its line.
-    home.config(&format!(
-        "[profiles.p]\n{base}auth = \"private_key_jwt\"\nprivate_key = {{ file = \"{}\" }}\nsigning_alg = \"HS256\"\n",
-        path(&ed)
-    ));
-    home.run(["token", "p"])
-        .code(3)
-        .stderr_has("`signing_alg = \"HS256\"` does not fit `auth = \"private_key_jwt\"`")
-        .stderr_has("config.toml:7:");
-    Ok(())
-}
-
-#[test]
-fn a_keyring_secret_is_set_from_stdin_and_used_and_never_leaks() -> TestResult {
-    use std::io::Write;
-    let fx = Fixture::new();
-    let idp = fx.start();
-    let home = Home::new();
-    // A service name of this test alone: the kernel keyring is the user's, shared by tests running at once.
-    let service = format!("broker-test-{}", std::process::id());
-    home.config(&profile(
-        "kr",
-        &idp,
-        &format!("client_id = \"post-client\"\nclient_secret = {{ keyring = \"{service}/kr\" }}"),
-    ));
-    home.run(["token", "kr"])
-        .code(3)
-        .stderr_has("has no entry: store one with `broker secret set <profile>`");
-    let mut set = home
-        .cmd(["secret", "set", "kr"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    set.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{POST_SECRET}\n").as_bytes())?;
-    let set = Run::from(set.wait_with_output()?);
-    set.success().stderr_has(&format!("keyring {service}/kr"));
-    let run = Run::from(
-        home.cmd(["token", "kr"])
-            .env("RUST_LOG", "trace")
-            .output()?,
-    );
-    run.success();
-    assert_eq!(claims(&run.token())["client_id"], "post-client");
-    let check = home.run(["check"]);
-    check
-        .success()
-        .stdout_has(&format!("client_secret        keyring {service}/kr"));
-    for text in [&set.stdout, &set.stderr, &run.stderr, &check.stdout] {
-        assert!(!text.contains(POST_SECRET), "the secret leaked: {text}");
-    }
-    for file in walk(home.path()) {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains(POST_SECRET),
-            "the secret is in {}",
-            file.display()
-        );
-    }
-    home.run(["secret", "delete", "kr"]).success();
-    home.run(["token", "kr", "--no-cache"]).code(3);
-    Ok(())
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

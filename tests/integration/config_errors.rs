@@ -90,3 +90,12 @@ fn broken_configs() {
         &["token", "ion-prd", "--config", "config.toml"],
     );
 }
+
+#[test]
+fn config_excerpts_never_show_a_literal_secret() {
+    let home = Home::new();
+    home.config("[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"https://x.example/t\"\nclient_id = \"id\"\nclient_secret = \"hunter2\", bogus = 1\n");
+    let r = home.run(["token", "p"]);
+    r.code(3).stderr_has("[redacted]");
+    assert!(!r.stderr.contains("hunter2"), "{}", r.stderr);
+}

@@ -113,7 +113,7 @@ pub(crate) fn poll(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A GET on the daemon's loopback TCP port, with the key if given: status, `Broker-Config`, body. `None` when
 /// nothing accepts the connection.
-fn tcp_get(port: u16, path: &str, key: Option<&str>) -> Option<(u16, String, String)> {
+pub(crate) fn tcp_get(port: u16, path: &str, key: Option<&str>) -> Option<(u16, String, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let auth = key
@@ -137,14 +137,14 @@ pub(crate) fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-const SECRET: &str = "daemon-secret";
+pub(crate) const SECRET: &str = "daemon-secret";
 
-fn auth0(ttl: &str, port: Option<u16>) -> NodeServer {
+pub(crate) fn auth0(ttl: &str, port: Option<u16>) -> NodeServer {
     auth0_with(ttl, port, "0")
 }
 
 /// `reuse`: `1` to hand back the cached token until it expires, as Auth0 does.
-fn auth0_with(ttl: &str, port: Option<u16>, reuse: &str) -> NodeServer {
+pub(crate) fn auth0_with(ttl: &str, port: Option<u16>, reuse: &str) -> NodeServer {
     let port = port.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
     NodeServer::start(
         "mock-auth0.mjs",
@@ -159,11 +159,11 @@ fn auth0_with(ttl: &str, port: Option<u16>, reuse: &str) -> NodeServer {
     )
 }
 
-fn chili_profile(home: &Home, base: &str) {
+pub(crate) fn chili_profile(home: &Home, base: &str) {
     chili_profile_with(home, base, "");
 }
 
-fn chili_profile_with(home: &Home, base: &str, extra: &str) {
+pub(crate) fn chili_profile_with(home: &Home, base: &str, extra: &str) {
     home.config(&format!(
         "[profiles.chili]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\n{extra}"
     ));
@@ -299,114 +299,6 @@ async fn a_thousand_concurrent_callers_on_a_cold_profile_make_one_upstream_call(
     }
 }
 
-#[test]
-fn tokens_are_refreshed_ahead_so_callers_never_wait() {
-    // Tokens live 4 s: the daemon refreshes each at its margin (2 s) less jitter, with no caller asking.
-    let idp = auth0("4", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let d = Daemon::start(&home);
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    poll("three background refreshes", || idp.issued() >= 4);
-    // Callers across those lifetimes got valid tokens without waiting on a fetch: only the first was a miss.
-    for _ in 0..5 {
-        let (status, _, body) = d.get("/v1/token/chili");
-        assert_eq!(status, 200);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        assert!(v["expires_in"].as_u64().is_some_and(|n| n >= 1), "{body}");
-    }
-    let m = d.metrics();
-    assert_eq!(
-        metric(&m, "broker_cache_misses_total{profile=\"chili\"}"),
-        1.0,
-        "{m}"
-    );
-    assert!(
-        metric(
-            &m,
-            "broker_upstream_requests_total{profile=\"chili\",status=\"ok\"}"
-        ) >= 4.0,
-        "{m}"
-    );
-    for name in [
-        "broker_requests_total",
-        "broker_cache_hits_total",
-        "broker_cache_misses_total",
-        "broker_upstream_requests_total",
-        "broker_upstream_duration_seconds",
-        "broker_token_remaining_seconds",
-        "broker_refresh_failures_total",
-    ] {
-        assert!(
-            m.contains(&format!("# TYPE {name} ")),
-            "metric {name} missing:\n{m}"
-        );
-    }
-}
-
-/// The `refresh` object `/v1/profiles` shows for `profile`.
-fn refresh_state(d: &Daemon, profile: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&d.get("/v1/profiles").2).unwrap_or_default();
-    v["profiles"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == profile))
-        .map(|p| p["refresh"].clone())
-        .unwrap_or_default()
-}
-
-#[test]
-fn a_profile_nobody_asks_for_stops_being_refreshed_and_resumes_when_asked() {
-    // Tokens live 4 s, so the refresh falls due 1.6-2 s after the fetch: past the 1 s idle limit.
-    let idp = auth0("4", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let d = Daemon::start_with(&home, &["--refresh-idle-after", "1s"], &[]);
-    assert_eq!(
-        refresh_state(&d, "chili")["state"],
-        "idle",
-        "before any request"
-    );
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    poll("the refresh to be scheduled", || {
-        refresh_state(&d, "chili")["state"] == "scheduled"
-    });
-    poll("the idle profile to leave the schedule", || {
-        refresh_state(&d, "chili")["state"] == "idle"
-    });
-    assert_eq!(idp.issued(), 1, "an idle profile was refreshed");
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    poll("the refresh to be scheduled again", || {
-        refresh_state(&d, "chili")["state"] == "scheduled"
-    });
-}
-
-#[test]
-fn a_provider_that_hands_back_its_cached_token_is_not_asked_again_and_again() {
-    // Auth0 answers a refresh with the token it already gave until that expires. Tokens live 6 s: the daemon's
-    // refresh ahead (2.4-3 s before expiry) gets the same token back, which is not a failure; it asks again when
-    // the token expires, not on a backoff of 1 s, 2 s, ...
-    let idp = auth0_with("6", None, "1");
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let d = Daemon::start(&home);
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    poll("a second token, after the first expired", || {
-        idp.issued() >= 2
-    });
-    let m = d.metrics();
-    assert_eq!(
-        metric(&m, "broker_refresh_failures_total{profile=\"chili\"}"),
-        0.0,
-        "{m}"
-    );
-    // The first token's fetch, one refresh that got it back, the second token's fetch at the first's expiry.
-    assert!(
-        idp.calls() <= 3,
-        "{} token requests for two tokens",
-        idp.calls()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn clock_skew_is_warned_about_once_per_profile() {
     // The JWT's exp is an hour behind request time + expires_in: the clocks disagree (docs/reference.md §2).
@@ -434,71 +326,6 @@ async fn clock_skew_is_warned_about_once_per_profile() {
     .unwrap();
     let warnings = text.lines().filter(|l| l.contains("clock")).count();
     assert_eq!(warnings, 1, "three skewed fetches, one warning:\n{text}");
-}
-
-#[test]
-fn a_slow_secret_command_does_not_stall_other_profiles() {
-    // One runtime thread: `slow`'s secret command waits for a gate file; `fast` must be served meanwhile.
-    let idp = auth0("300", None);
-    let home = Home::new();
-    let dir = home.path().display().to_string();
-    home.config(&format!(
-        "[profiles.slow]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\n\
-         client_secret = {{ command = [\"sh\", \"-c\", \"touch {dir}/started; while [ ! -e {dir}/gate ]; do sleep 0.02; done; echo {SECRET}\"] }}\n\
-         [profiles.fast]\nprovider = \"chili\"\ntoken_url = \"{base}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\n",
-        base = idp.base()
-    ));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = Daemon::start_with(&home, &["--threads", "1"], &[]);
-    std::thread::scope(|scope| {
-        let slow = scope.spawn(|| d.get("/v1/token/slow").0);
-        poll("the secret command to start", || {
-            home.path().join("started").exists()
-        });
-        let (fast, _, body) = d.get("/v1/token/fast");
-        let slow_first = slow.is_finished();
-        // Open the gate before any assertion, so a failure does not leave `slow` waiting forever.
-        std::fs::write(home.path().join("gate"), b"").unwrap();
-        let slow_status = slow.join().unwrap_or(0);
-        assert_eq!(fast, 200, "fast was not served: {body}");
-        assert!(
-            !slow_first,
-            "slow was served before its secret command finished"
-        );
-        assert_eq!(slow_status, 200);
-    });
-}
-
-#[test]
-fn an_outage_is_ridden_out_while_the_token_is_valid_and_recovered_from_without_a_restart() {
-    let idp = auth0("6", None);
-    let port = idp.port;
-    let home = Home::new();
-    chili_profile_with(&home, &idp.base(), "retry = \"1s\"\n");
-    let d = Daemon::start(&home);
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    drop(idp); // the provider goes away with a valid token cached
-    assert_eq!(
-        d.get("/v1/token/chili").0,
-        200,
-        "served from cache during the outage"
-    );
-    poll(
-        "the token to expire and the daemon to say unavailable",
-        || {
-            let (status, _, body) = d.get("/v1/token/chili");
-            assert!(status == 200 || status == 503, "{status} {body}");
-            status == 503 && body.contains("\"unavailable\"")
-        },
-    );
-    let _back = auth0("6", Some(port));
-    poll("recovery", || d.get("/v1/token/chili").0 == 200);
-    assert!(
-        metric(
-            &d.metrics(),
-            "broker_refresh_failures_total{profile=\"chili\"}"
-        ) >= 1.0
-    );
 }
 
 #[test]
@@ -548,79 +375,6 @@ fn sigterm_stops_gracefully_and_removes_the_socket_and_a_second_daemon_is_refuse
 }
 
 #[test]
-fn an_insecure_socket_directory_is_refused() {
-    let home = Home::new();
-    home.config("");
-    let dir = home.path().join("run/broker");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    home.run(["daemon"])
-        .code(3)
-        .stderr_has("writable by group or others");
-}
-
-#[test]
-fn listen_on_loopback_needs_the_key_and_refuses_remote_addresses() {
-    let idp = auth0("300", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let port = free_port();
-    let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
-    let key_path = home.path().join("run/broker/daemon.key");
-    let mode = std::fs::metadata(&key_path)
-        .map(|m| m.permissions().mode() & 0o777)
-        .unwrap_or(0);
-    assert_eq!(mode, 0o600);
-    let key = std::fs::read_to_string(&key_path).unwrap_or_default();
-    let tcp_get = |auth| tcp_get(port, "/v1/token/chili", auth).unwrap_or_default();
-    assert_eq!(tcp_get(None).0, 401);
-    assert_eq!(tcp_get(Some("not-the-key")).0, 401);
-    let (status, _, body) = tcp_get(Some(key.trim()));
-    assert_eq!(status, 200, "{body}");
-    home.run([
-        "daemon",
-        "--socket",
-        &home
-            .path()
-            .join("run/broker/other.sock")
-            .display()
-            .to_string(),
-        "--listen",
-        "0.0.0.0:1",
-    ])
-    .code(2)
-    .stderr_has("--allow-remote");
-}
-
-#[test]
-fn sinks_are_written_with_their_mode_and_rewritten_on_every_refresh() {
-    let idp = auth0("4", None);
-    let home = Home::new();
-    let sink = home.path().join("token.header");
-    chili_profile_with(
-        &home,
-        &idp.base(),
-        &format!(
-            "sink = {{ path = \"{}\", format = \"header\", mode = \"0640\" }}\n",
-            sink.display()
-        ),
-    );
-    let _d = Daemon::start(&home);
-    // Nobody asks: the daemon keeps the file fresh by itself.
-    poll("the sink file", || sink.exists());
-    let mode = std::fs::metadata(&sink)
-        .map(|m| m.permissions().mode() & 0o777)
-        .unwrap_or(0);
-    assert_eq!(mode, 0o640);
-    let first = std::fs::read_to_string(&sink).unwrap_or_default();
-    assert!(first.starts_with("Authorization: Bearer ey"), "{first}");
-    poll("the sink to be rewritten by a refresh", || {
-        std::fs::read_to_string(&sink)
-            .is_ok_and(|s| s != first && s.starts_with("Authorization: Bearer "))
-    });
-}
-
-#[test]
 fn list_goes_through_the_daemon_and_shows_what_it_holds() {
     let idp = auth0("300", None);
     let home = Home::new();
@@ -637,214 +391,6 @@ fn list_goes_through_the_daemon_and_shows_what_it_holds() {
     ])
     .success()
     .stdout_has("valid until");
-}
-
-/// The daemon's resident memory, in KiB.
-fn rss_kib(d: &Daemon) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-#[test]
-fn a_flood_of_idle_and_half_sent_tcp_connections_is_bounded_and_closed() {
-    let idp = auth0("300", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with(
-        &home,
-        &[
-            "--listen",
-            &listen,
-            "--max-connections",
-            "100",
-            "--header-timeout",
-            "1s",
-            "--idle-timeout",
-            "2s",
-        ],
-        &[],
-    );
-    let addr: std::net::SocketAddr = listen.parse().unwrap();
-    let mut flood = Vec::new();
-    for i in 0..2000 {
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-            continue;
-        };
-        if i % 2 == 0 {
-            // Half-sent: a request line and one header, never the blank line.
-            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n");
-        }
-        flood.push(s);
-    }
-    assert!(
-        flood.len() > 1000,
-        "only {} connections opened",
-        flood.len()
-    );
-    // The Unix socket, its /healthz and the token path do not wait for the flood.
-    assert_eq!(d.get("/healthz").0, 200);
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    // Every flooding connection is closed: those over the limit at once, the others at their timeout.
-    for s in &flood {
-        let _ = s.set_nonblocking(true);
-    }
-    let mut open: Vec<&std::net::TcpStream> = flood.iter().collect();
-    poll("every flooding connection to be closed", || {
-        open.retain(|s| {
-            let mut buf = [0u8; 256];
-            let mut r: &std::net::TcpStream = s;
-            matches!(r.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        });
-        open.is_empty()
-    });
-    // And the port serves again.
-    let key =
-        std::fs::read_to_string(home.path().join("run/broker/daemon.key")).unwrap_or_default();
-    poll("the TCP port to answer again", || {
-        tcp_get(addr.port(), "/healthz", Some(key.trim()))
-            .is_some_and(|(status, _, _)| status == 200)
-    });
-}
-
-#[test]
-fn a_connection_that_fails_the_key_check_is_closed_after_the_answer() {
-    let idp = auth0("300", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let port = free_port();
-    let _d = Daemon::start_with(&home, &["--listen", &format!("127.0.0.1:{port}")], &[]);
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    // Keep-alive is asked for; the answer must still end the connection.
-    let _ = write!(s, "GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n");
-    let mut raw = String::new();
-    let eof = s.read_to_string(&mut raw); // Ok only at EOF: the daemon closed the connection
-    assert!(eof.is_ok(), "the connection was left open: {eof:?}");
-    assert_eq!(parse_response(&raw).0, 401, "{raw}");
-}
-
-#[test]
-fn unknown_profile_names_do_not_grow_the_daemons_memory() {
-    let idp = auth0("300", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let d = Daemon::start(&home);
-    // Warm up: the allocator's arenas and the server's buffers settle first.
-    for i in 0..1000 {
-        d.get(&format!("/v1/token/warmup-{i}"));
-    }
-    let before = rss_kib(&d);
-    for i in 0..20_000 {
-        assert_eq!(
-            d.get(&format!("/v1/token/nosuch-{i}-{}", "x".repeat(1000)))
-                .0,
-            404
-        );
-    }
-    let after = rss_kib(&d);
-    eprintln!("RSS {before} KiB -> {after} KiB");
-    assert!(
-        after < before + 4096,
-        "RSS grew from {before} KiB to {after} KiB over 20,000 unknown names"
-    );
-    let metrics = d.metrics();
-    assert!(metrics.contains("profile=\"(unknown)\""), "{metrics}");
-    assert!(
-        !metrics.contains("nosuch-"),
-        "a metric series per unknown name"
-    );
-}
-
-#[test]
-fn the_socket_option_never_removes_a_file_or_chmods_a_directory() {
-    let idp = auth0("300", None);
-    let home = Home::new();
-    chili_profile(&home, &idp.base());
-    let precious = home.path().join("precious.txt");
-    std::fs::write(&precious, "keep me").unwrap();
-    home.run(["daemon", "--socket", &precious.display().to_string()])
-        .code(3)
-        .stderr_has("not a socket");
-    assert_eq!(
-        std::fs::read_to_string(&precious).ok().as_deref(),
-        Some("keep me")
-    );
-    // A directory of ours named by --socket keeps its mode.
-    let project = home.path().join("project");
-    std::fs::create_dir(&project).unwrap();
-    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let d = Daemon::start_on(&home, project.join("d.sock"), &[], &[]);
-    assert_eq!(d.get("/healthz").0, 200);
-    let mode = std::fs::metadata(&project).map(|m| m.permissions().mode() & 0o7777);
-    assert_eq!(mode.ok(), Some(0o750));
-}
-
-#[test]
-fn sinks_refuse_directories_others_can_write_and_take_an_owner() {
-    use std::os::unix::fs::MetadataExt;
-    let idp = auth0("300", None);
-    let home = Home::new();
-    let open_dir = home.path().join("open");
-    let sticky = home.path().join("sticky");
-    let mine = home.path().join("mine");
-    for (dir, mode) in [(&open_dir, 0o777), (&sticky, 0o1777), (&mine, 0o755)] {
-        std::fs::create_dir(dir).unwrap();
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    // In the sticky directory someone else got there first.
-    let squatted = sticky.join("token");
-    std::fs::write(&squatted, "theirs").unwrap();
-    std::os::unix::fs::chown(&squatted, Some(54_321), Some(54_321)).unwrap();
-    let sink = |name: &str, path: &std::path::Path, extra: &str| {
-        format!(
-            "[profiles.{name}]\nprovider = \"chili\"\ntoken_url = \"{}/oauth/token\"\nclient_id = \"cid\"\nclient_secret = {SECRET:?}\nsink = {{ path = \"{}\"{extra} }}\n",
-            idp.base(),
-            path.display()
-        )
-    };
-    home.config(
-        &[
-            sink("a", &open_dir.join("token"), ""),
-            sink("b", &squatted, ""),
-            sink(
-                "c",
-                &mine.join("token"),
-                ", owner = \"nobody\", group = 65534, mode = \"0640\"",
-            ),
-            sink("d", &sticky.join("fresh"), ""),
-        ]
-        .concat(),
-    );
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let _d = Daemon::start(&home);
-    poll("the private sink", || mine.join("token").exists());
-    poll("the sink in the sticky directory", || {
-        sticky.join("fresh").exists()
-    });
-    let meta = std::fs::metadata(mine.join("token")).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid(), meta.mode() & 0o777),
-        (65_534, 65_534, 0o640)
-    );
-    let log = home.path().join("daemon.log");
-    poll("both refusals in the log", || {
-        let l = std::fs::read_to_string(&log).unwrap_or_default();
-        l.contains("profile `a`")
-            && l.contains("not sticky")
-            && l.contains("profile `b`")
-            && l.contains("not ours")
-    });
-    assert!(!open_dir.join("token").exists());
-    assert_eq!(
-        std::fs::read_to_string(&squatted).ok().as_deref(),
-        Some("theirs")
-    );
 }
 
 /// A GET over the socket from async code (many at once): status, the `Broker-Config` header, body.
@@ -886,45 +432,6 @@ pub(crate) fn get_with_head(
 }
 
 #[test]
-fn during_an_outage_with_no_valid_token_every_caller_gets_503_at_once_and_recovery_needs_no_restart(
-) {
-    let idp = auth0("3", None);
-    let port = idp.port;
-    let home = Home::new();
-    // A retry budget far above what any caller may wait here.
-    chili_profile_with(&home, &idp.base(), "retry = \"20s\"\n");
-    let d = Daemon::start(&home);
-    assert_eq!(d.get("/v1/token/chili").0, 200);
-    drop(idp);
-    poll("the token to expire", || {
-        d.get("/v1/profiles").2.contains("\"expired\"")
-    });
-    let socket = d.socket.clone();
-    let callers: Vec<_> = (0..50)
-        .map(|_| {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let answer = get_with_head(&socket, "/v1/token/chili", "");
-                (answer, started.elapsed())
-            })
-        })
-        .collect();
-    for c in callers {
-        let ((status, head, body), took) = c.join().expect("caller panicked");
-        assert_eq!(status, 503, "{body}");
-        assert!(head.contains("\r\nretry-after: "), "no Retry-After: {head}");
-        assert!(body.contains("\"unavailable\""), "{body}");
-        // Nobody sat through a retry round (20 s): the outage was already known.
-        assert!(took < Duration::from_secs(5), "a caller waited {took:?}");
-    }
-    let _back = auth0("3", Some(port));
-    poll("recovery without a restart", || {
-        d.get("/v1/token/chili").0 == 200
-    });
-}
-
-#[test]
 fn a_cli_with_another_configuration_gets_409_before_the_daemon_does_any_work() {
     let idp = auth0("300", None);
     let home = Home::new();
@@ -943,58 +450,4 @@ fn a_cli_with_another_configuration_gets_409_before_the_daemon_does_any_work() {
     std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
     home.run(["token", "chili", "--force-refresh"]).success();
     assert_eq!(idp.calls(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_background_refresh_waits_for_the_next_attempt_the_core_remembers() {
-    // One 4 s token, then rejections: the refresh ahead is rejected and the core starts a 45 s cool-down. Once the
-    // token has expired the refresher must wait for that cool-down, not come back after a backoff of its own.
-    let server = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"access_token": "first", "expires_in": 4})),
-        )
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(401)
-                .set_body_json(serde_json::json!({"error": "invalid_client"})),
-        )
-        .mount(&server)
-        .await;
-    let home = Home::new();
-    home.config(&format!(
-        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s3cret-s3cret\"\n\
-         cooldown = \"45s\"\n",
-        server.uri()
-    ));
-    std::fs::set_permissions(home.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = Daemon::start(&home);
-    let asked = std::time::SystemTime::now();
-    assert_eq!(d.get("/v1/token/p").0, 200);
-    let expired = asked + Duration::from_secs(4);
-    let scheduled_at = || {
-        let r = refresh_state(&d, "p");
-        (r["state"] == "scheduled")
-            .then(|| {
-                r["at"]
-                    .as_str()
-                    .and_then(|s| humantime::parse_rfc3339(s).ok())
-            })
-            .flatten()
-    };
-    // The first run scheduled after the token's expiry.
-    poll("a run after the token's expiry to be scheduled", || {
-        scheduled_at().is_some_and(|at| at > expired + Duration::from_millis(500))
-    });
-    let at = scheduled_at().unwrap_or(asked);
-    let wait = at.duration_since(asked).unwrap_or_default();
-    assert!(
-        wait >= Duration::from_secs(40),
-        "the refresher came back {wait:?} after the fetch, not at the core's 45 s cool-down"
-    );
-    assert_eq!(server.received_requests().await.map_or(0, |r| r.len()), 2);
 }

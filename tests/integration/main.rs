@@ -4,11 +4,17 @@
 
 // Harness: private homes, the binary, the npm OAuth servers.
 mod support;
+// A real redis-server per test.
+mod redis_server;
 
 // Conformance against third-party servers: oidc-provider as a Keycloak realm, oauth2-mock-server as Auth0.
 mod conformance;
 // Client authentication without a shared secret, token exchange, keyring secrets, against oidc-provider.
 mod client_auth;
+// Token exchange (RFC 8693) against oidc-provider.
+mod token_exchange;
+// Bad key material named at its file, and keyring secrets.
+mod key_material;
 // Contract §4 classification of token endpoint answers, one wiremock row each.
 mod classification;
 // In-process single flight: 100 concurrent callers, one upstream call; keys do not block each other.
@@ -37,6 +43,10 @@ mod trust_material;
 mod fleet;
 // The daemon: socket, uid check, single flight, refresh ahead, outage, reload, shutdown, metrics.
 mod daemon;
+// The daemon over time: refresh ahead, idle profiles, outages, sinks.
+mod daemon_refresh;
+// The daemon's bounds: connection floods, the key check, unknown names, --socket and --listen.
+mod daemon_limits;
 // docker-credential-broker with the real skopeo against a registry front that checks the issuer's signature.
 mod docker_credential;
 // Token files for any program: netrc read by curl, npmrc, docker, env, templates, on_change.

@@ -4,7 +4,6 @@
 //! Redis passwords, and a client key rustls refuses.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,10 +17,6 @@ use crate::support::*;
 
 /// The attacker: `nobody`, a real second uid, played with `setpriv`.
 const ATTACKER: u32 = 65_534;
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// Runs `script` as the attacker.
 fn as_attacker(script: &str) {
@@ -478,35 +473,4 @@ fn a_redis_password_is_shown_nowhere_and_sent_in_clear_only_with_a_warning() {
     assert!(!run.stderr.contains(PW), "{}", run.stderr);
     write(&format!("redis://:{PW}@192.0.2.10:6379/0"));
     home.run(["check"]).success().stderr_has("without TLS");
-}
-
-#[test]
-fn a_client_key_rustls_refuses_is_a_config_error_naming_it() {
-    let home = Home::new();
-    let a = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["client".into()])
-        .unwrap()
-        .self_signed(&a)
-        .unwrap();
-    let other = rcgen::KeyPair::generate().unwrap();
-    let write = |name: &str, text: &str| -> PathBuf {
-        let p = home.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        chmod(&p, 0o600);
-        p
-    };
-    let cert = write("client.crt", &cert.pem());
-    let key = write("other.key", &other.serialize_pem());
-    home.config(&format!(
-        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"https://127.0.0.1:{}/token\"\nclient_id = \"id\"\n\
-         auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{}\" }}\nclient_key = {{ file = \"{}\" }}\nretry = \"0s\"\n",
-        free_port(),
-        cert.display(),
-        key.display()
-    ));
-    chmod(&home.config_path(), 0o600);
-    home.run(["token", "p"])
-        .code(3)
-        .stderr_has("client_key (set at")
-        .stderr_has("cannot be used for TLS");
 }
