@@ -387,3 +387,47 @@ fn a_slowloris_client_is_cut_off_and_others_are_served() {
     }
     assert!(closed, "the slow client was not cut off");
 }
+
+#[test]
+fn at_trace_level_no_log_line_holds_the_token_the_secret_or_a_query() {
+    let (idp, api) = (issuer(), echo_api());
+    let home = home_with(&idp, &api);
+    let log = home.path().join("proxy.log");
+    let port = free_port();
+    let child = home
+        .cmd(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .env("BROKER_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Proxy { child, port };
+    poll("the proxy", || p.get("/.broker/healthz", "").0 == 200);
+    let (status, _, body) = p.get(
+        "/chili/echo?api_key=query-secret",
+        "Proxy-Authorization: Bearer nope\r\n",
+    );
+    assert_eq!(
+        status, 403,
+        "a wrong key is refused even from an allowed uid: {body}"
+    );
+    let (status, _, body) = p.get(
+        "/chili/echo?api_key=query-secret",
+        "Authorization: Bearer the-clients-own\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let token = body_json(&body)["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned();
+    drop(p);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("GET /chili/echo"),
+        "the access log is there: {text}"
+    );
+    for secret in [token.as_str(), SECRET, "query-secret", "the-clients-own"] {
+        assert!(!text.contains(secret), "`{secret}` is in the log");
+    }
+}
