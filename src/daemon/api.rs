@@ -88,16 +88,15 @@ impl crate::listen::Handler for Gated {
     ) -> impl std::future::Future<Output = Response> + Send + 'static {
         use tower::ServiceExt;
         let refused = self.gate.refuse(&req);
-        let this = self;
         async move {
             let mut resp = match refused {
                 Some(resp) => resp,
-                None => match this.app.oneshot(req.map(axum::body::Body::new)).await {
+                None => match self.app.oneshot(req.map(axum::body::Body::new)).await {
                     Ok(resp) => resp,
                     Err(never) => match never {},
                 },
             };
-            this.gate.stamp(&mut resp);
+            self.gate.stamp(&mut resp);
             drop(answering);
             resp
         }

@@ -154,12 +154,11 @@ impl Handler for Conn {
         req: Request<Incoming>,
         answering: Answering,
     ) -> impl std::future::Future<Output = Response> + Send + 'static {
-        let this = self;
         async move {
-            if let Some(refused) = this.refuse(&req) {
+            if let Some(refused) = self.refuse(&req) {
                 return refused;
             }
-            this.proxy.answer(req, answering).await
+            self.proxy.answer(req, answering).await
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `ca_file`: a local TLS token endpoint whose CA the test generates (rcgen) is refused without it and
-//! trusted with it.
+//! trusted with it; the same for an api behind `broker proxy`.
 
 use std::sync::Arc;
 
@@ -38,6 +38,14 @@ fn pki() -> Result<Pki, Box<dyn std::error::Error>> {
 
 /// Serves every connection a fixed token response over TLS.
 async fn serve(config: Arc<rustls::ServerConfig>) -> u16 {
+    serve_with(config, |_| {
+        r#"{"access_token":"over-tls","token_type":"Bearer","expires_in":300}"#.to_owned()
+    })
+    .await
+}
+
+/// Serves every connection, over TLS, the body `answer` makes of the request's head.
+async fn serve_with(config: Arc<rustls::ServerConfig>, answer: fn(&str) -> String) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -49,8 +57,8 @@ async fn serve(config: Arc<rustls::ServerConfig>) -> u16 {
                     return;
                 };
                 let mut buf = vec![0u8; 8192];
-                let _ = tls.read(&mut buf).await;
-                let body = r#"{"access_token":"over-tls","token_type":"Bearer","expires_in":300}"#;
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let body = answer(&String::from_utf8_lossy(&buf[..n]));
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -99,6 +107,72 @@ fn a_ca_file_that_is_not_pem_is_a_config_error() {
         ca.display()
     ));
     home.run(["token", "p"]).code(3).stderr_has("ca_file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_reaches_an_api_behind_a_private_ca_only_with_its_ca_file() -> TestResult {
+    let pki = pki()?;
+    // The api answers with the Authorization header it got, over TLS.
+    let api = serve_with(pki.config.clone(), |head| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("authorization: "))
+            .unwrap_or("none")
+            .to_owned()
+    })
+    .await;
+    let idp = token_endpoint(
+        wiremock::ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"access_token": "tok", "expires_in": 300})),
+    )
+    .await;
+    let home = Home::new();
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem)?;
+    let profile = |name: &str, extra: &str| {
+        format!(
+            "[profiles.{name}]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n\
+             api = \"https://localhost:{api}\"\n{extra}",
+            idp.uri()
+        )
+    };
+    home.config(
+        &(profile("trusted", &format!("ca_file = \"{}\"\n", ca.display()))
+            + &profile("untrusted", "")),
+    );
+    let port = free_port();
+    let mut proxy = home
+        .cmd(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let get = move |path: &'static str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                " %{http_code}",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let mut trusted = String::new();
+    for _ in 0..1500 {
+        trusted = tokio::task::spawn_blocking(move || get("/trusted/x")).await?;
+        if !trusted.is_empty() && !trusted.ends_with(" 000") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let untrusted = tokio::task::spawn_blocking(move || get("/untrusted/x")).await?;
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(trusted, "Bearer tok 200");
+    assert!(
+        untrusted.ends_with(" 502") && untrusted.contains("did not answer"),
+        "{untrusted}"
+    );
+    Ok(())
 }
 
 fn run_cmd(mut cmd: std::process::Command) -> Run {
