@@ -149,17 +149,11 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
 }
 
 impl Handler for Conn {
-    fn handle(
-        self,
-        req: Request<Incoming>,
-        answering: Answering,
-    ) -> impl std::future::Future<Output = Response> + Send + 'static {
-        async move {
-            if let Some(refused) = self.refuse(&req) {
-                return refused;
-            }
-            self.proxy.answer(req, answering).await
+    async fn handle(self, req: Request<Incoming>, answering: Answering) -> Response {
+        if let Some(refused) = self.refuse(&req) {
+            return refused;
         }
+        self.proxy.answer(req, answering).await
     }
 }
 
