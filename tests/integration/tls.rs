@@ -12,6 +12,9 @@ use crate::support::*;
 struct Pki {
     ca_pem: String,
     config: Arc<rustls::ServerConfig>,
+    /// The server's certificate (for `localhost`) and key, PEM.
+    leaf_pem: String,
+    leaf_key_pem: String,
 }
 
 fn pki() -> Result<Pki, Box<dyn std::error::Error>> {
@@ -23,6 +26,8 @@ fn pki() -> Result<Pki, Box<dyn std::error::Error>> {
     let leaf_key = KeyPair::generate()?;
     let leaf =
         CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    let leaf_pem = leaf.pem();
+    let leaf_key_pem = leaf_key.serialize_pem();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -33,6 +38,8 @@ fn pki() -> Result<Pki, Box<dyn std::error::Error>> {
     Ok(Pki {
         ca_pem: ca_cert.pem(),
         config: Arc::new(config),
+        leaf_pem,
+        leaf_key_pem,
     })
 }
 
@@ -172,6 +179,77 @@ async fn the_proxy_reaches_an_api_behind_a_private_ca_only_with_its_ca_file() ->
         untrusted.ends_with(" 502") && untrusted.contains("did not answer"),
         "{untrusted}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_speaks_http2_to_an_api_that_offers_only_that() -> TestResult {
+    let pki = pki()?;
+    let home = Home::new();
+    let (cert, key, ca) = (
+        home.path().join("leaf.pem"),
+        home.path().join("leaf.key"),
+        home.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, &pki.leaf_pem)?;
+    std::fs::write(&key, &pki.leaf_key_pem)?;
+    std::fs::write(&ca, &pki.ca_pem)?;
+    let api = NodeServer::start(
+        "h2-api.mjs",
+        &[
+            ("CERT", &cert.display().to_string()),
+            ("KEY", &key.display().to_string()),
+        ],
+    );
+    let idp = token_endpoint(
+        wiremock::ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"access_token": "tok", "expires_in": 300})),
+    )
+    .await;
+    home.config(&format!(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n\
+         api = \"https://localhost:{}/v1\"\nca_file = \"{}\"\n",
+        idp.uri(),
+        api.port,
+        ca.display()
+    ));
+    let port = free_port();
+    let mut proxy = home
+        .cmd([
+            "proxy",
+            "--profile",
+            "p",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let get = move || {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http1.1",
+                &format!("http://127.0.0.1:{port}/things?a=1"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let mut body = String::new();
+    for _ in 0..1500 {
+        body = tokio::task::spawn_blocking(get).await?;
+        if body.starts_with('{') {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let seen: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(seen["version"], "2.0");
+    assert_eq!(seen["authority"], format!("localhost:{}", api.port));
+    assert_eq!(seen["path"], "/v1/things?a=1");
+    assert_eq!(seen["authorization"], "Bearer tok");
     Ok(())
 }
 
