@@ -76,7 +76,10 @@ pub fn upstream_url(api: &Url, rest: &str) -> Option<Url> {
     let origin = &api[..url::Position::BeforePath];
     let base = api.path().trim_end_matches('/');
     let url = Url::parse(&format!("{origin}{base}{rest}")).ok()?;
-    (url.origin() == api.origin()).then_some(url)
+    let same = url.scheme() == api.scheme()
+        && url.host() == api.host()
+        && url.port_or_known_default() == api.port_or_known_default();
+    same.then_some(url)
 }
 
 /// A redirect's `Location`, made to point back through the proxy when it points into the api (`prefix` is how the

@@ -249,7 +249,7 @@ impl Proxy {
         let logged = tracing::enabled!(target: "broker::access", tracing::Level::INFO)
             .then(|| forward::logged(&req));
         let started = Instant::now();
-        let (resp, class, retried) = self.forward(&routes, &profile, &prefix, &rest, req).await;
+        let (answer, class, retried) = self.forward(&routes, &profile, &prefix, &rest, req).await;
         self.backing.used(&profile);
         self.metrics
             .proxied(&profile, class, retried, started.elapsed());
@@ -257,13 +257,19 @@ impl Proxy {
             tracing::info!(
                 target: "broker::access",
                 "{logged} -> {} ({class}{}) {:.1} ms",
-                resp.status().as_u16(),
+                answer.status().as_u16(),
                 if retried { ", retried with a new token" } else { "" },
                 started.elapsed().as_secs_f64() * 1e3
             );
         }
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, axum::body::Body::new(Guarded { body, answering }))
+        match answer {
+            Answer::Own(resp) => resp,
+            Answer::Upstream(resp) => {
+                // The upstream's body streams: the request stays in flight until it is sent.
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, axum::body::Body::new(Guarded { body, answering }))
+            }
+        }
     }
 
     /// Forwards one request: the answer, its status class for the metrics, and whether it was sent again.
@@ -274,10 +280,10 @@ impl Proxy {
         prefix: &str,
         rest: &str,
         req: Request<Incoming>,
-    ) -> (Response, &'static str, bool) {
+    ) -> (Answer, &'static str, bool) {
         let Some(route) = routes.routes.get(profile) else {
             return (
-                forward::own_answer(StatusCode::NOT_FOUND, String::new()),
+                Answer::Own(forward::own_answer(StatusCode::NOT_FOUND, String::new())),
                 "usage",
                 false,
             );
@@ -285,7 +291,7 @@ impl Proxy {
         let Some(url) = forward::upstream_url(&route.api, rest) else {
             let text = "broker proxy: that path does not stay on the profile's api\n".into();
             return (
-                forward::own_answer(StatusCode::BAD_REQUEST, text),
+                Answer::Own(forward::own_answer(StatusCode::BAD_REQUEST, text)),
                 "usage",
                 false,
             );
@@ -297,7 +303,7 @@ impl Proxy {
             Err(e) => {
                 let text = format!("broker proxy: the request body could not be read: {e}\n");
                 return (
-                    forward::own_answer(StatusCode::BAD_REQUEST, text),
+                    Answer::Own(forward::own_answer(StatusCode::BAD_REQUEST, text)),
                     "usage",
                     false,
                 );
@@ -306,29 +312,18 @@ impl Proxy {
         let broker = &routes.broker;
         let token = match broker.token(profile, &TokenRequest::default()).await {
             Ok(t) => t,
-            Err(e) => return (token_failure(&e), e.kind().as_str(), false),
+            Err(e) => return (Answer::Own(token_failure(&e)), e.kind().as_str(), false),
         };
         let (body, again) = body.send();
         let method = &parts.method;
-        let mut answer = send(
-            broker,
-            route,
-            profile,
-            method,
-            url.clone(),
-            to_send(),
-            body,
-            &token,
-        )
-        .await;
+        let mut answer = send(route, method, url.clone(), to_send(), body, &token).await;
         let mut retried = false;
         if let (Ok(resp), Some(again)) = (&answer, again) {
             if forward::wants_new_token(resp.status(), resp.headers()) {
                 if let Some(new) = replacement(broker, profile, route, &token).await {
                     tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
                     let again = reqwest::Body::from(again);
-                    answer =
-                        send(broker, route, profile, method, url, to_send(), again, &new).await;
+                    answer = send(route, method, url, to_send(), again, &new).await;
                     retried = true;
                 }
             }
@@ -342,9 +337,11 @@ impl Proxy {
                     400..=499 => "4xx",
                     _ => "5xx",
                 };
-                let (parts, body) = answer_of(resp, route, prefix).into_parts();
-                let resp = Response::from_parts(parts, axum::body::Body::new(body));
-                (resp, class, retried)
+                (
+                    Answer::Upstream(answer_of(resp, route, prefix)),
+                    class,
+                    retried,
+                )
             }
             Err(e) => {
                 let status = if e.is_timeout() {
@@ -357,28 +354,29 @@ impl Proxy {
                     route.api.origin().ascii_serialization(),
                     chain(&e.without_url())
                 );
-                (forward::own_answer(status, text), "unavailable", retried)
+                (
+                    Answer::Own(forward::own_answer(status, text)),
+                    "unavailable",
+                    retried,
+                )
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send(
-    broker: &Broker,
     route: &Route,
-    profile: &str,
     method: &axum::http::Method,
     url: Url,
     mut headers: axum::http::HeaderMap,
     body: reqwest::Body,
     token: &AccessToken,
 ) -> reqwest::Result<reqwest::Response> {
-    if let Ok((_, value)) = broker.header(profile, token) {
-        if let Ok(mut v) = HeaderValue::try_from(value.expose_secret()) {
-            v.set_sensitive(true);
-            headers.insert(route.header.clone(), v);
-        }
+    let value = broker_core::config::fill_header(&route.value, token.secret().expose_secret());
+    // A token is printable ASCII (the core refuses any other), so it is always a valid header value.
+    if let Ok(mut v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        v.set_sensitive(true);
+        headers.insert(route.header.clone(), v);
     }
     route
         .client
@@ -415,6 +413,21 @@ async fn replacement(
     };
     let new = broker.token(profile, &forced).await.ok()?;
     (new.secret().expose_secret() != rejected.secret().expose_secret()).then_some(new)
+}
+
+/// What a request is answered with: the proxy's own answer, or the upstream's, whose body streams.
+enum Answer {
+    Own(Response),
+    Upstream(axum::http::Response<reqwest::Body>),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::Own(r) => r.status(),
+            Answer::Upstream(r) => r.status(),
+        }
+    }
 }
 
 /// The upstream's answer as the client gets it: end-to-end headers, a redirect into the api pointed back through

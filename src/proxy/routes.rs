@@ -16,6 +16,8 @@ pub(super) struct Route {
     pub(super) api: Url,
     /// The header the profile's token goes in; a client's own copy of it is dropped.
     pub(super) header: HeaderName,
+    /// The template of its value (`Bearer {token}`, ION's `{token}`), split from the profile's header once.
+    pub(super) value: String,
     pub(super) client: reqwest::Client,
     /// Held while a rejected token is replaced, so concurrent 401s cost one new token.
     pub(super) replacing: tokio::sync::Mutex<()>,
@@ -88,10 +90,10 @@ fn route(s: &broker_core::Settings, upstream_timeout: Duration) -> Result<Option
              clear (set `allow_http = true` if that network is trusted)"
         )));
     }
-    let header = s
+    let (header, value) = s
         .header()
         .split_once(':')
-        .and_then(|(n, _)| HeaderName::try_from(n.trim()).ok())
+        .and_then(|(n, v)| Some((HeaderName::try_from(n.trim()).ok()?, v.trim().to_owned())))
         .ok_or_else(|| {
             Error::config(format!(
                 "profile `{name}`: header template is not `Name: value`"
@@ -101,6 +103,7 @@ fn route(s: &broker_core::Settings, upstream_timeout: Duration) -> Result<Option
     Ok(Some(Route {
         api: api.clone(),
         header,
+        value,
         client,
         replacing: tokio::sync::Mutex::new(()),
         last_forced: Mutex::new(None),
