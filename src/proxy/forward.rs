@@ -68,18 +68,21 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The upstream URL of a request for `rest` (the path after the profile's prefix, empty or starting with `/`, and
-/// the query) on `api`: the api's path, then `rest`. `None` when the result would leave the api's origin.
+/// the query) on `api`: the api's path, then `rest`. Only the path and query of `api` are set, so the result is on
+/// the api's origin whatever `rest` holds; `None` when `rest` is not a path.
 pub fn upstream_url(api: &Url, rest: &str) -> Option<Url> {
     if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
         return None;
     }
-    let origin = &api[..url::Position::BeforePath];
-    let base = api.path().trim_end_matches('/');
-    let url = Url::parse(&format!("{origin}{base}{rest}")).ok()?;
-    let same = url.scheme() == api.scheme()
-        && url.host() == api.host()
-        && url.port_or_known_default() == api.port_or_known_default();
-    same.then_some(url)
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut url = api.clone();
+    url.set_path(&format!("{}{path}", api.path().trim_end_matches('/')));
+    url.set_query(query);
+    url.set_fragment(None);
+    Some(url)
 }
 
 /// A redirect's `Location`, made to point back through the proxy when it points into the api (`prefix` is how the
@@ -236,6 +239,12 @@ mod tests {
         check(
             "//evil.example/x",
             Some("https://api.example.com/v2//evil.example/x"),
+        );
+        check("/a/../../../b", Some("https://api.example.com/b"));
+        check("/a?x=1?y", Some("https://api.example.com/v2/a?x=1?y"));
+        check(
+            "/a\\@evil.example/",
+            Some("https://api.example.com/v2/a/@evil.example/"),
         );
         check("@evil.example/x", None);
         check(".evil.example/x", None);
