@@ -67,17 +67,13 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The upstream URL of a request for `rest` (the path after the profile's prefix, empty or starting with `/`, and
-/// the query) on `api`: the api's path, then `rest`. Only the path and query of `api` are set, so the result is on
-/// the api's origin whatever `rest` holds; `None` when `rest` is not a path.
-pub fn upstream_url(api: &Url, rest: &str) -> Option<Url> {
-    if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+/// The upstream URL of a request for `path` (what follows the profile's prefix: empty or starting with `/`) and
+/// `query` on `api`: the api's path, then `path`. Only the path and query of `api` are set, so the result is on
+/// the api's origin whatever they hold; `None` when `path` is not a path.
+pub fn upstream_url(api: &Url, path: &str, query: Option<&str>) -> Option<Url> {
+    if !(path.is_empty() || path.starts_with('/')) {
         return None;
     }
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
     let mut url = api.clone();
     url.set_path(&format!("{}{path}", api.path().trim_end_matches('/')));
     url.set_query(query);
@@ -223,8 +219,14 @@ mod tests {
     fn upstream_urls_stay_on_the_api_origin() {
         let api = url("https://api.example.com/v2");
         let check = |rest: &str, want: Option<&str>| {
+            let (path, query) = match rest.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (rest, None),
+            };
             assert_eq!(
-                upstream_url(&api, rest).map(|u| u.to_string()).as_deref(),
+                upstream_url(&api, path, query)
+                    .map(|u| u.to_string())
+                    .as_deref(),
                 want,
                 "{rest}"
             )
@@ -251,7 +253,9 @@ mod tests {
         check(":8443/x", None);
         let root = url("https://api.example.com/");
         assert_eq!(
-            upstream_url(&root, "/a").map(|u| u.to_string()).as_deref(),
+            upstream_url(&root, "/a", None)
+                .map(|u| u.to_string())
+                .as_deref(),
             Some("https://api.example.com/a")
         );
     }

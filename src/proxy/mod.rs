@@ -200,8 +200,7 @@ impl Conn {
 
 impl Proxy {
     async fn answer(self: Arc<Self>, req: Request<Incoming>, answering: Answering) -> Response {
-        let path = req.uri().path();
-        match path {
+        match req.uri().path() {
             "/.broker/healthz" => return forward::own_answer(StatusCode::OK, "ok\n".into()),
             "/.broker/metrics" => {
                 let mut resp = forward::own_answer(StatusCode::OK, self.metrics.render());
@@ -213,31 +212,23 @@ impl Proxy {
             }
             _ => {}
         }
-        let query = req
-            .uri()
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
         let Some(routes) = self.backing.routes() else {
             let text =
                 "broker proxy: the daemon's configuration has no [proxy] table any more\n".into();
             return forward::own_answer(StatusCode::SERVICE_UNAVAILABLE, text);
         };
-        let (profile, prefix, rest) = match &routes.single {
-            Some(p) => (p.clone(), String::new(), format!("{path}{query}")),
+        // A clone of the target shares its bytes: the path and query borrow from it while the request moves on.
+        let uri = req.uri().clone();
+        let (profile, rest) = match &routes.single {
+            Some(p) => (p.as_str(), uri.path()),
             None => {
-                let trimmed = path.trim_start_matches('/');
-                let (first, rest) = trimmed
+                let trimmed = uri.path().trim_start_matches('/');
+                trimmed
                     .split_once('/')
-                    .map_or((trimmed, ""), |(a, _)| (a, &trimmed[a.len()..]));
-                (
-                    first.to_owned(),
-                    format!("/{first}"),
-                    format!("{rest}{query}"),
-                )
+                    .map_or((trimmed, ""), |(a, _)| (a, &trimmed[a.len()..]))
             }
         };
-        if !routes.routes.contains_key(&profile) {
+        if !routes.routes.contains_key(profile) {
             return forward::own_answer(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -249,10 +240,12 @@ impl Proxy {
         let logged = tracing::enabled!(target: "broker::access", tracing::Level::INFO)
             .then(|| forward::logged(&req));
         let started = Instant::now();
-        let (answer, class, retried) = self.forward(&routes, &profile, &prefix, &rest, req).await;
-        self.backing.used(&profile);
+        let (answer, class, retried) = self
+            .forward(&routes, profile, (rest, uri.query()), req)
+            .await;
+        self.backing.used(profile);
         self.metrics
-            .proxied(&profile, class, retried, started.elapsed());
+            .proxied(profile, class, retried, started.elapsed());
         if let Some(logged) = logged {
             tracing::info!(
                 target: "broker::access",
@@ -277,8 +270,7 @@ impl Proxy {
         &self,
         routes: &Routes,
         profile: &str,
-        prefix: &str,
-        rest: &str,
+        (path, query): (&str, Option<&str>),
         req: Request<Incoming>,
     ) -> (Answer, &'static str, bool) {
         let Some(route) = routes.routes.get(profile) else {
@@ -288,7 +280,7 @@ impl Proxy {
                 false,
             );
         };
-        let Some(url) = forward::upstream_url(&route.api, rest) else {
+        let Some(url) = forward::upstream_url(&route.api, path, query) else {
             let text = "broker proxy: that path does not stay on the profile's api\n".into();
             return (
                 Answer::Own(forward::own_answer(StatusCode::BAD_REQUEST, text)),
@@ -338,7 +330,11 @@ impl Proxy {
                     _ => "5xx",
                 };
                 (
-                    Answer::Upstream(answer_of(resp, route, prefix)),
+                    Answer::Upstream(answer_of(
+                        resp,
+                        route,
+                        routes.single.is_none().then_some(profile),
+                    )),
                     class,
                     retried,
                 )
@@ -431,11 +427,11 @@ impl Answer {
 }
 
 /// The upstream's answer as the client gets it: end-to-end headers, a redirect into the api pointed back through
-/// the proxy, the body streamed.
+/// the proxy (under `/<profile>` when the proxy serves several), the body streamed.
 fn answer_of(
     mut resp: reqwest::Response,
     route: &Route,
-    prefix: &str,
+    under: Option<&str>,
 ) -> axum::http::Response<reqwest::Body> {
     let mut headers = std::mem::take(resp.headers_mut());
     forward::strip_hop_by_hop(&mut headers);
@@ -443,7 +439,10 @@ fn answer_of(
         let local = headers
             .get(header::LOCATION)
             .and_then(|l| l.to_str().ok())
-            .and_then(|l| forward::local_location(l, &route.api, prefix))
+            .and_then(|l| {
+                let prefix = under.map(|p| format!("/{p}")).unwrap_or_default();
+                forward::local_location(l, &route.api, &prefix)
+            })
             .and_then(|l| HeaderValue::try_from(l).ok());
         if let Some(l) = local {
             headers.insert(header::LOCATION, l);
