@@ -308,13 +308,13 @@ impl Proxy {
         };
         let (body, again) = body.send();
         let method = &parts.method;
-        let mut answer = send(route, method, url.clone(), to_send(), body, &token).await;
+        let mut answer = send(route, method, url, to_send(), body, &token).await;
         let mut retried = false;
         if let (Ok(resp), Some(again)) = (&answer, again) {
             if forward::wants_new_token(resp.status(), resp.headers()) {
                 if let Some(new) = replacement(broker, profile, route, &token).await {
                     tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
-                    let again = reqwest::Body::from(again);
+                    let (url, again) = (resp.url().clone(), reqwest::Body::from(again));
                     answer = send(route, method, url, to_send(), again, &new).await;
                     retried = true;
                 }
