@@ -68,14 +68,15 @@ pub fn registry_of(server: &str) -> String {
     host.to_ascii_lowercase()
 }
 
-/// The profiles that answer for each registry, in profile order.
-fn registries(g: &Globals) -> Result<Vec<(String, String)>, Error> {
+/// Each registry a profile names (as [`registry_of`] writes it), with that profile and its `username`, in
+/// profile order.
+fn registries(g: &Globals) -> Result<Vec<(String, String, String)>, Error> {
     let config = context::load(g)?;
     let mut out = Vec::new();
     for name in config.profile_names() {
         if let Ok(s) = config.resolve(name, &Default::default()) {
             for r in s.registries() {
-                out.push((registry_of(r), name.to_owned()));
+                out.push((registry_of(r), name.to_owned(), s.username().to_owned()));
             }
         }
     }
@@ -85,32 +86,25 @@ fn registries(g: &Globals) -> Result<Vec<(String, String)>, Error> {
 /// The answer for `server`, or `None` when no profile names it.
 fn get(g: &Globals, server: &str) -> Result<Option<String>, Error> {
     let wanted = registry_of(server);
-    let Some(profile) = registries(g)?
-        .into_iter()
-        .find(|(r, _)| *r == wanted)
-        .map(|(_, p)| p)
+    let Some((_, profile, username)) = registries(g)?.into_iter().find(|(r, ..)| *r == wanted)
     else {
         return Ok(None);
     };
-    let (settings, token) = context::profile_token(g, &profile)?;
+    let (_, token) = context::profile_token(g, &profile)?;
     let answer = serde_json::json!({
         "ServerURL": server,
-        "Username": settings.username(),
+        "Username": username,
         "Secret": token.secret().expose_secret(),
     });
     Ok(Some(format!("{answer}\n")))
 }
 
+/// Every registry and the user name given for it (the first profile naming a registry answers for it).
 fn list(g: &Globals) -> Result<String, Error> {
-    let config = context::load(g)?;
     let mut map = serde_json::Map::new();
-    for name in config.profile_names() {
-        if let Ok(s) = config.resolve(name, &Default::default()) {
-            for r in s.registries() {
-                map.entry(r.clone())
-                    .or_insert_with(|| serde_json::Value::from(s.username()));
-            }
-        }
+    for (registry, _, username) in registries(g)? {
+        map.entry(registry)
+            .or_insert(serde_json::Value::from(username));
     }
     Ok(format!("{}\n", serde_json::Value::Object(map)))
 }

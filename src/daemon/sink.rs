@@ -59,31 +59,30 @@ pub fn render(
             }
             return Ok(out);
         }
-        preset => {
-            let template = match preset {
-                // netrc names a host without its port.
-                "netrc" => {
-                    format!(
-                        "machine {}\nlogin {{username}}\npassword {{token}}\n",
-                        target.api.as_ref().and_then(Url::host_str).ok_or_else(|| {
-                            Error::config(
-                        "a netrc sink needs the profile's `api` (its host is the netrc machine)"
-                    )
-                        })?
-                    )
-                }
-                "npmrc" => format!("//{}/:_authToken={{token}}\n", npm_registry(target)?),
-                "docker" => {
-                    let auth = basic(&target.username, raw);
-                    let auths: serde_json::Map<String, serde_json::Value> = docker_hosts(target)
-                        .into_iter()
-                        .map(|h| (h, serde_json::json!({ "auth": auth })))
-                        .collect();
-                    return Ok(format!("{}\n", serde_json::json!({ "auths": auths })));
-                }
-                _ => target.sink.template.clone().unwrap_or_default(),
-            };
-            return fill(&template, target, shown, token, now);
+        // netrc names a host without its port.
+        "netrc" => {
+            let host = target.api.as_ref().and_then(Url::host_str).ok_or_else(|| {
+                Error::config(
+                    "a netrc sink needs the profile's `api` (its host is the netrc machine)",
+                )
+            })?;
+            return Ok(format!(
+                "machine {host}\nlogin {}\npassword {raw}\n",
+                target.username
+            ));
+        }
+        "npmrc" => return Ok(format!("//{}/:_authToken={raw}\n", npm_registry(target)?)),
+        "docker" => {
+            let auth = basic(&target.username, raw);
+            let auths: serde_json::Map<String, serde_json::Value> = docker_hosts(target)
+                .into_iter()
+                .map(|h| (h, serde_json::json!({ "auth": auth })))
+                .collect();
+            return Ok(format!("{}\n", serde_json::json!({ "auths": auths })));
+        }
+        _ => {
+            let template = target.sink.template.as_deref().unwrap_or_default();
+            return fill(template, target, shown, token, now);
         }
     };
     output::render(format, shown, token, now, min_ttl)
