@@ -18,6 +18,8 @@ pub enum Format {
     Env,
     /// kubectl's exec-plugin ExecCredential (v1, or v1beta1 when `KUBERNETES_EXEC_INFO` asks for it).
     ExecCredential,
+    /// The header line and, for a DPoP-bound token, the `DPoP: <proof>` line for `--method` and `--url`.
+    Dpop,
 }
 
 /// Quotes `s` for POSIX shells: single quotes, with `'` written as `'\''`.
@@ -48,8 +50,12 @@ impl From<&Settings> for Shown {
 }
 
 impl Shown {
-    fn header_line(&self, token: &str) -> String {
-        broker_core::config::fill_header(&self.header, token)
+    fn header_line(&self, token: &AccessToken) -> String {
+        broker_core::config::fill_header_typed(
+            &self.header,
+            token.secret().expose_secret(),
+            token.token_type(),
+        )
     }
 }
 
@@ -65,6 +71,9 @@ pub struct TokenJson {
     pub expires_in: u64,
     pub profile: String,
     pub header: String,
+    /// A DPoP proof for the request the token was asked for (`--url`, the daemon's `/proof`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<String>,
 }
 
 fn bearer() -> String {
@@ -91,19 +100,25 @@ impl TokenJson {
     }
 }
 
-/// Renders `token` in `format`. `min_ttl` decides the margin kubectl is told to refresh at.
+/// Renders `token` in `format`, with the DPoP `proof` made for it when there is one. `min_ttl` decides the margin
+/// kubectl is told to refresh at.
 pub fn render(
     format: Format,
     settings: &Shown,
     token: &AccessToken,
+    proof: Option<&str>,
     now: SystemTime,
     min_ttl: Duration,
 ) -> broker_core::Result<String> {
     let raw = token.secret().expose_secret();
     Ok(match format {
         Format::Token => format!("{raw}\n"),
-        Format::Header => format!("{}\n", settings.header_line(raw)),
-        Format::Json => token_json(settings, token, now),
+        Format::Header => format!("{}\n", settings.header_line(token)),
+        Format::Dpop => match proof {
+            Some(p) => format!("{}\nDPoP: {p}\n", settings.header_line(token)),
+            None => format!("{}\n", settings.header_line(token)),
+        },
+        Format::Json => token_json(settings, token, proof, now),
         Format::Env => {
             let mut out = format!("export BROKER_TOKEN={}\n", shell_quote(raw));
             if let Some(name) = &settings.token_env {
@@ -128,8 +143,14 @@ pub fn render(
 /// The `json` format, written field by field into one buffer: the same text as `serde_json` makes of a
 /// [`TokenJson`] (`tests::token_json_is_what_serde_writes`), without copying the token into it twice first. The
 /// daemon answers every cache hit with it, so it is the daemon's hot path.
-fn token_json(settings: &Shown, token: &AccessToken, now: SystemTime) -> String {
+fn token_json(
+    settings: &Shown,
+    token: &AccessToken,
+    proof: Option<&str>,
+    now: SystemTime,
+) -> String {
     let raw = token.secret().expose_secret();
+    let template = broker_core::config::header_template(&settings.header, token.token_type());
     let mut out = String::with_capacity(2 * raw.len() + settings.header.len() + 160);
     out.push_str("{\"access_token\":");
     json_str(&mut out, &[raw]);
@@ -143,13 +164,17 @@ fn token_json(settings: &Shown, token: &AccessToken, now: SystemTime) -> String 
     json_str(&mut out, &[&settings.profile]);
     out.push_str(",\"header\":");
     let mut parts = Vec::with_capacity(3);
-    for (i, piece) in settings.header.split("{token}").enumerate() {
+    for (i, piece) in template.split("{token}").enumerate() {
         if i > 0 {
             parts.push(raw);
         }
         parts.push(piece);
     }
     json_str(&mut out, &parts);
+    if let Some(p) = proof {
+        out.push_str(",\"dpop\":");
+        json_str(&mut out, &[p]);
+    }
     out.push_str("}\n");
     out
 }
@@ -280,15 +305,34 @@ mod tests {
     #[test]
     fn token_json_is_what_serde_writes() {
         let at = |s| UNIX_EPOCH + Duration::from_secs(s);
-        for (raw, header, profile) in [
-            ("eyJ.abc-_.def", "Authorization: Bearer {token}", "ion-prod"),
-            ("t\"o\\k", "X-Key: \"{token}\" and {token}", "pr\u{e9}\"f"),
-            ("plain", "Static-Header: none", "p"),
-            ("", "{token}{token}", "{token}"),
+        for (raw, header, profile, token_type, proof) in [
+            (
+                "eyJ.abc-_.def",
+                "Authorization: Bearer {token}",
+                "ion-prod",
+                "Bearer",
+                None,
+            ),
+            (
+                "t\"o\\k",
+                "X-Key: \"{token}\" and {token}",
+                "pr\u{e9}\"f",
+                "Bearer",
+                None,
+            ),
+            ("plain", "Static-Header: none", "p", "Bearer", None),
+            ("", "{token}{token}", "{token}", "Bearer", None),
+            (
+                "eyJ.d-_.s",
+                "Authorization: {token}",
+                "ion",
+                "DPoP",
+                Some("eyJ.proof.sig"),
+            ),
         ] {
             let token = AccessToken::new(
                 SecretString::from(raw.to_owned()),
-                "Bearer",
+                token_type,
                 at(10),
                 at(4000),
             );
@@ -300,15 +344,22 @@ mod tests {
             let now = at(1000);
             let expected = TokenJson {
                 access_token: raw.into(),
-                token_type: "Bearer".into(),
+                token_type: token_type.into(),
                 expires_at: rfc3339(at(4000)),
                 expires_in: 3000,
                 profile: profile.into(),
-                header: shown.header_line(raw),
+                header: shown.header_line(&token),
+                dpop: proof.map(str::to_owned),
             };
             let expected = format!("{}\n", serde_json::to_string(&expected).unwrap());
-            let got = render(Format::Json, &shown, &token, now, Duration::ZERO).unwrap();
+            let got = render(Format::Json, &shown, &token, proof, now, Duration::ZERO).unwrap();
             assert_eq!(got, expected);
+            if token_type == "DPoP" {
+                assert!(
+                    got.contains(r#""header":"Authorization: DPoP eyJ.d-_.s""#),
+                    "{got}"
+                );
+            }
         }
     }
 }

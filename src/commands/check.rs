@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use broker_core::config::AuthMethod;
+use broker_core::config::{AuthMethod, CacheMode, DpopKeySource, DpopMode};
 use broker_core::credential::{key_algorithm, short_hmac_key, ClientCert};
 use broker_core::secret::{SecretSource, Shape};
 use broker_core::{Error, Settings};
@@ -142,8 +142,50 @@ fn check_material(s: &Settings, now: SystemTime) -> Result<Vec<String>, Error> {
                     cert.subject, cert.thumbprint
                 ));
             }
+            ("dpop", Shape::Whole) => {
+                let key = broker_core::dpop::DpopKey::from_pem(pem)
+                    .map_err(|e| at(format!("holds {e}")))?;
+                notes.push(dpop_note(s, Some(key.thumbprint())));
+            }
             _ => {}
         }
     }
+    if let (true, DpopKeySource::Generated) = (s.dpop().enabled(), &s.dpop().key) {
+        let dir = context::cache_dir()
+            .filter(|_| s.cache() == CacheMode::Disk)
+            .map(|d| d.join("dpop"));
+        let key = match &dir {
+            Some(d) => {
+                broker_core::dpop::existing(d, &broker_core::dpop::generated_key_name(s.profile()))
+                    .map_err(|e| e.context(format!("profile `{}`: dpop", s.profile())))?
+            }
+            None => None,
+        };
+        notes.push(match (key, dir) {
+            (Some(k), _) => dpop_note(s, Some(k.thumbprint())),
+            (None, Some(d)) => format!(
+                "{} (generated on first use in {})",
+                dpop_note(s, None),
+                d.display()
+            ),
+            (None, None) => format!(
+                "{} (generated in memory: the profile does not cache on disk)",
+                dpop_note(s, None)
+            ),
+        });
+    }
     Ok(notes)
+}
+
+/// The note on a DPoP-bound profile: whether a bearer token is accepted, and the key's thumbprint (`cnf.jkt`).
+fn dpop_note(s: &Settings, jkt: Option<&str>) -> String {
+    let mode = if s.dpop().mode == DpopMode::Optional {
+        "optional"
+    } else {
+        "required"
+    };
+    match jkt {
+        Some(j) => format!("DPoP-bound ({mode}, ES256): key thumbprint (cnf.jkt) {j}"),
+        None => format!("DPoP-bound ({mode}, ES256)"),
+    }
 }

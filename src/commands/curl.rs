@@ -1,5 +1,6 @@
-//! `broker curl <profile> <url> [curl args...]`: curl with the provider's header, passed through a pipe
-//! (`-H @/dev/fd/N`) so the token is never on argv.
+//! `broker curl <profile> <url> [curl args...]`: curl with the provider's header (and a DPoP proof for the method
+//! and URL curl will use, when the token is DPoP-bound), passed through a pipe (`-H @/dev/fd/N`) so neither is
+//! ever on argv.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -44,13 +45,75 @@ pub fn join_url(api: Option<&url::Url>, url: &str, profile: &str) -> Result<Stri
     Ok(format!("{}{url}", api.as_str().trim_end_matches('/')))
 }
 
+/// The method curl will send, from its arguments: `-X`/`--request`, else `-I`/`--head`, else `-T` (PUT), else
+/// `-G` (GET), else `-d`/`-F`/`--data*`/`--form*`/`--json` (POST), else GET.
+pub fn curl_method(args: &[OsString]) -> String {
+    // Short options that take a value (curl's manual): the value is the rest of the cluster or the next argument.
+    const WITH_VALUE: &str = "AbcCdDeEFhHKmoOPQrtTuUwxXYyz";
+    let (mut explicit, mut head, mut upload, mut get, mut data) =
+        (None, false, false, false, false);
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        if let Some(long) = a.strip_prefix("--") {
+            match long {
+                "request" => explicit = it.next(),
+                "head" => head = true,
+                "upload-file" => upload = true,
+                "get" => get = true,
+                l if l.starts_with("data") || l.starts_with("form") || l == "json" => data = true,
+                _ => {}
+            }
+        } else if let Some(cluster) = a.strip_prefix('-').filter(|c| !c.is_empty()) {
+            for (i, c) in cluster.char_indices() {
+                match c {
+                    'I' => head = true,
+                    'G' => get = true,
+                    _ => {}
+                }
+                if WITH_VALUE.contains(c) {
+                    let rest = &cluster[i + c.len_utf8()..];
+                    let value = if rest.is_empty() {
+                        it.next()
+                    } else {
+                        Some(rest.to_owned())
+                    };
+                    match c {
+                        'X' => explicit = value,
+                        'd' | 'F' => data = true,
+                        'T' => upload = true,
+                        _ => {}
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    match explicit {
+        Some(m) => m.to_ascii_uppercase(),
+        None if head => "HEAD".into(),
+        None if upload => "PUT".into(),
+        None if data && !get => "POST".into(),
+        None => "GET".into(),
+    }
+}
+
 pub fn run(g: &Globals, args: &Args) -> CmdResult {
-    let (settings, token) = context::profile_token(g, &args.profile)?;
+    let config = context::load(g)?;
+    let settings = config.resolve(&args.profile, &Default::default())?;
+    let broker = context::broker_for(&config, settings.clone())?;
+    let token = context::get_token(&broker, &args.profile, &Default::default())?;
     let url = join_url(settings.api(), &args.url, &args.profile)?;
+    let (name, value) = broker.header(&args.profile, &token)?;
+    let mut lines = format!("{name}: {}\n", value.expose_secret());
+    let method = curl_method(&args.curl_args);
+    if let Some(proof) = broker.proof(&args.profile, &token, &method, &url, None)? {
+        lines.push_str(&format!("DPoP: {}\n", proof.expose_secret()));
+    }
+    let lines = secrecy::SecretString::from(lines);
     let io = |e: std::io::Error| Error::internal(format!("cannot pass the header to curl: {e}"));
     let (reader, mut writer) = std::io::pipe().map_err(io)?;
     writer
-        .write_all(format!("{}\n", settings.header_line(token.secret().expose_secret())).as_bytes())
+        .write_all(lines.expose_secret().as_bytes())
         .map_err(io)?;
     drop(writer);
     // The read end must survive exec: clear its close-on-exec flag.
@@ -87,5 +150,21 @@ mod tests {
             Some("https://x.example/a")
         );
         assert!(join_url(None, "/graphql", "p").is_err());
+    }
+
+    #[test]
+    fn the_method_is_the_one_curl_will_send() {
+        let m = |args: &[&str]| curl_method(&args.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(m(&[]), "GET");
+        assert_eq!(m(&["-s", "-o", "-X"]), "GET"); // -o's value, not an option
+        assert_eq!(m(&["-X", "delete"]), "DELETE");
+        assert_eq!(m(&["-sXPATCH"]), "PATCH");
+        assert_eq!(m(&["--request", "PUT", "-d", "x"]), "PUT");
+        assert_eq!(m(&["-d", "a=1"]), "POST");
+        assert_eq!(m(&["--json", "{}"]), "POST");
+        assert_eq!(m(&["-G", "-d", "q=1"]), "GET");
+        assert_eq!(m(&["-I"]), "HEAD");
+        assert_eq!(m(&["-T", "file"]), "PUT");
+        assert_eq!(m(&["-F", "f=@x"]), "POST");
     }
 }

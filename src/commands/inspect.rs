@@ -23,6 +23,7 @@ pub struct Args {
 pub fn run(g: &Globals, args: &Args) -> CmdResult {
     let now = SystemTime::now();
     let mut cert = None;
+    let mut dpop_key = None;
     let (raw, known_expiry) = if args.target == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -31,12 +32,19 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
             .map_err(|e| Error::usage(format!("cannot read standard input: {e}")))?;
         (s.trim().to_owned(), None)
     } else {
-        let (settings, t) = context::profile_token(g, &args.target)?;
+        let config = context::load(g)?;
+        let settings = config.resolve(&args.target, &Default::default())?;
+        let broker = context::broker_for(&config, settings.clone())?;
+        let t = context::get_token(&broker, &args.target, &Default::default())?;
         cert = configured_thumbprint(&settings);
+        dpop_key = broker
+            .dpop_key(&args.target)?
+            .map(|k| k.thumbprint().to_owned());
         (t.secret().expose_secret().to_owned(), Some(t.expires_at()))
     };
     let mut text = describe(&raw, known_expiry, now);
     text.push_str(&binding(&raw, cert.as_deref()));
+    text.push_str(&dpop_binding(&raw, dpop_key.as_deref()));
     output::print_stdout(&text)?;
     Ok(())
 }
@@ -74,6 +82,30 @@ pub fn binding(raw: &str, configured: Option<&str>) -> String {
         (Some(b), Some(c)) => format!(
             "bound to the client certificate with x5t#S256 {b}: NOT the configured client_cert ({c}); the API \
              will refuse this token over that certificate\n"
+        ),
+    }
+}
+
+/// The line about a DPoP-bound token (RFC 9449 §6): its `cnf.jkt`, and whether it is the profile's key's.
+pub fn dpop_binding(raw: &str, key: Option<&str>) -> String {
+    let bound = jwt_claims(raw).and_then(|c| {
+        c.get("cnf")
+            .and_then(|cnf| cnf.get("jkt"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    match (bound, key) {
+        (None, None) => String::new(),
+        (None, Some(k)) => format!(
+            "the profile's DPoP key has thumbprint {k}; the token names no cnf.jkt (an opaque or unbound token)\n"
+        ),
+        (Some(b), None) => format!("bound to the DPoP key with thumbprint (cnf.jkt) {b}\n"),
+        (Some(b), Some(k)) if b == k => {
+            format!("bound to the DPoP key with thumbprint (cnf.jkt) {b}: the profile's key (matches)\n")
+        }
+        (Some(b), Some(k)) => format!(
+            "bound to the DPoP key with thumbprint (cnf.jkt) {b}: NOT the profile's key ({k}); its proofs will be \
+             refused\n"
         ),
     }
 }

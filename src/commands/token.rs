@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use broker_core::config::{CacheMode, Overrides};
 use broker_core::{Error, TokenRequest};
+use secrecy::ExposeSecret;
 
 use crate::context;
 use crate::context::{CmdResult, Failure, Globals};
@@ -35,6 +36,16 @@ pub struct Args {
     /// Work in-process even when a daemon with the same configuration is running.
     #[arg(long)]
     pub no_daemon: bool,
+    /// The request a DPoP proof is made for (`--format dpop`, or `json` with a `dpop` field): its URL; one
+    /// starting with `/` is joined to the profile's `api`.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The method of that request.
+    #[arg(long, value_name = "METHOD", default_value = "GET", requires = "url")]
+    pub method: String,
+    /// The resource server's `DPoP-Nonce`, for a proof it asked a nonce in.
+    #[arg(long, value_name = "NONCE", requires = "url")]
+    pub nonce: Option<String>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -58,8 +69,27 @@ fn token(g: &Globals, args: &Args) -> Result<(), Error> {
         scope: args.scope.clone(),
         audience: args.audience.clone(),
     };
+    if args.format == Format::Dpop && args.url.is_none() {
+        return Err(Error::usage(
+            "--format dpop makes a proof for one request: give its --url (and --method, GET by default)",
+        ));
+    }
+    if !args.method.bytes().all(|b| b.is_ascii_alphabetic()) || args.method.is_empty() {
+        return Err(Error::usage(format!(
+            "--method {}: not an HTTP method",
+            args.method
+        )));
+    }
     let config = context::load(g)?;
     let mut settings = config.resolve(&args.profile, &overrides)?;
+    let url = args
+        .url
+        .as_deref()
+        .map(|u| crate::commands::curl::join_url(settings.api(), u, &args.profile))
+        .transpose()?;
+    let proof_for = url
+        .as_deref()
+        .map(|u| (args.method.as_str(), u, args.nonce.as_deref()));
     let now = SystemTime::now();
     let min_ttl = args.min_ttl.unwrap_or(settings.min_ttl());
     // The daemon serves what its API can express; anything else is done here.
@@ -74,12 +104,14 @@ fn token(g: &Globals, args: &Args) -> Result<(), Error> {
             &args.profile,
             args.min_ttl,
             args.force_refresh,
+            proof_for,
         ) {
-            Some(daemon::client::Answer::Token(token)) => {
+            Some(daemon::client::Answer::Token(token, proof)) => {
                 return output::print_stdout(&output::render(
                     args.format,
                     &output::Shown::from(&settings),
                     &token,
+                    proof.as_deref(),
                     now,
                     min_ttl,
                 )?);
@@ -98,10 +130,15 @@ fn token(g: &Globals, args: &Args) -> Result<(), Error> {
     };
     let broker = context::broker_for(&config, settings.clone())?;
     let token = context::get_token(&broker, &args.profile, &req)?;
+    let proof = proof_for
+        .map(|(m, u, n)| broker.proof(&args.profile, &token, m, u, n))
+        .transpose()?
+        .flatten();
     output::print_stdout(&output::render(
         args.format,
         &output::Shown::from(&settings),
         &token,
+        proof.as_ref().map(|p| p.expose_secret()),
         now,
         min_ttl,
     )?)

@@ -135,6 +135,10 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
 pub(super) struct TokenQuery {
     min_ttl: Option<String>,
     force_refresh: Option<bool>,
+    /// `/proof`: the request the DPoP proof is for, and the resource server's nonce.
+    htm: Option<String>,
+    htu: Option<String>,
+    nonce: Option<String>,
 }
 
 /// The metrics label of every profile name that is not configured.
@@ -144,6 +148,25 @@ pub(super) async fn token(
     State(daemon): State<Arc<Daemon>>,
     UrlPath(profile): UrlPath<String>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    serve(daemon, profile, query, false).await
+}
+
+/// `/v1/token/<profile>/proof?htm=GET&htu=URL[&nonce=N]`: the token, with a DPoP proof for that request in `dpop`
+/// (docs/reference.md §6, §11), so a consumer never holds the key.
+pub(super) async fn proof(
+    State(daemon): State<Arc<Daemon>>,
+    UrlPath(profile): UrlPath<String>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    serve(daemon, profile, query, true).await
+}
+
+async fn serve(
+    daemon: Arc<Daemon>,
+    profile: String,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    with_proof: bool,
 ) -> Response {
     let loaded = daemon.loaded();
     let m = &daemon.metrics;
@@ -160,6 +183,21 @@ pub(super) async fn token(
             &Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>"),
             StatusCode::BAD_REQUEST,
         );
+    };
+    let asked_for = match (with_proof, &q.htm, &q.htu) {
+        (false, _, _) => None,
+        (true, Some(m), Some(u)) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Some((m.as_str(), u.as_str()))
+        }
+        (true, ..) => {
+            m.request(label, "usage");
+            return error_response(
+                &Error::usage(
+                    "a proof is for one request: use htm=<METHOD>&htu=<URL>[&nonce=<nonce>]",
+                ),
+                StatusCode::BAD_REQUEST,
+            );
+        }
     };
     let min_ttl = match q
         .min_ttl
@@ -199,10 +237,22 @@ pub(super) async fn token(
         (Ok(t), Some(settings)) => {
             m.request(&profile, "ok");
             daemon.refresher.keep_fresh(&profile);
+            let proof = match asked_for
+                .map(|(htm, htu)| {
+                    loaded
+                        .broker
+                        .proof(&profile, &t, htm, htu, q.nonce.as_deref())
+                })
+                .transpose()
+            {
+                Ok(p) => p.flatten(),
+                Err(e) => return error_response(&e, status_of(e.kind())),
+            };
             match output::render(
                 Format::Json,
                 &settings.shown,
                 &t,
+                proof.as_ref().map(secrecy::ExposeSecret::expose_secret),
                 now,
                 min_ttl.unwrap_or(settings.min_ttl),
             ) {

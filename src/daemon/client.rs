@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use broker_core::{Error, ErrorKind};
 
-/// What the daemon said: a token, or an error.
+/// What the daemon said: a token (and the DPoP proof asked for with it), or an error.
 pub enum Answer {
-    Token(broker_core::AccessToken),
+    Token(broker_core::AccessToken, Option<String>),
     Failed(Error),
 }
+
+/// The request a DPoP proof is asked for: method, URL, and the resource server's nonce.
+pub type ProofFor<'a> = (&'a str, &'a str, Option<&'a str>);
 
 /// Asks the daemon for `profile`'s token. `None` when the caller should work in-process: no daemon (silently), a
 /// daemon with another configuration (silently), or a daemon that failed to answer properly (with a warning).
@@ -21,12 +24,18 @@ pub fn token(
     profile: &str,
     min_ttl: Option<Duration>,
     force_refresh: bool,
+    proof: Option<ProofFor<'_>>,
 ) -> Option<Answer> {
-    let mut path = format!(
-        "/v1/token/{}",
-        url::form_urlencoded::byte_serialize(profile.as_bytes()).collect::<String>()
-    );
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut path = format!("/v1/token/{}", enc(profile));
     let mut query = Vec::new();
+    if let Some((htm, htu, nonce)) = proof {
+        path.push_str("/proof");
+        query.push(format!("htm={}&htu={}", enc(htm), enc(htu)));
+        if let Some(n) = nonce {
+            query.push(format!("nonce={}", enc(n)));
+        }
+    }
     if let Some(d) = min_ttl {
         query.push(format!("min_ttl={}ms", d.as_millis()));
     }
@@ -40,9 +49,9 @@ pub fn token(
     if status == 200 {
         let token = serde_json::from_value::<crate::output::TokenJson>(v)
             .map_err(|_| Error::internal("the daemon's answer is not a token"))
-            .and_then(|t| t.token(std::time::SystemTime::now()));
+            .and_then(|t| Ok((t.token(std::time::SystemTime::now())?, t.dpop)));
         return Some(match token {
-            Ok(t) => Answer::Token(t),
+            Ok((t, proof)) => Answer::Token(t, proof),
             Err(e) => Answer::Failed(e),
         });
     }

@@ -277,6 +277,7 @@ async fn run_listeners(
 ) -> Result<(), Error> {
     let api = Router::new()
         .route("/v1/token/{profile}", get(token))
+        .route("/v1/token/{profile}/proof", get(api::proof))
         .route("/v1/profiles", get(profiles))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))

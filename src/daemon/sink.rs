@@ -85,7 +85,7 @@ pub fn render(
             return fill(template, target, shown, token, now);
         }
     };
-    output::render(format, shown, token, now, min_ttl)
+    output::render(format, shown, token, None, now, min_ttl)
 }
 
 /// The value of each placeholder of [`broker_core::config::SINK_PLACEHOLDERS`].

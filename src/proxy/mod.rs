@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::header::{self, HeaderValue};
+use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use broker_core::{AccessToken, Broker, Error, TokenRequest};
@@ -289,7 +289,13 @@ impl Proxy {
             );
         };
         let (parts, body) = req.into_parts();
-        let to_send = || forward::end_to_end(&parts.headers, &[&route.header, &header::HOST]);
+        let dpop = HeaderName::from_static("dpop");
+        let dropped: &[&HeaderName] = if route.dpop {
+            &[&route.header, &header::HOST, &dpop]
+        } else {
+            &[&route.header, &header::HOST]
+        };
+        let to_send = || forward::end_to_end(&parts.headers, dropped);
         let body = match Outgoing::read(body, self.retry_body_limit).await {
             Ok(b) => b,
             Err(e) => {
@@ -308,17 +314,34 @@ impl Proxy {
         };
         let (body, again) = body.send();
         let method = &parts.method;
-        let mut answer = send(route, method, url, to_send(), body, &token).await;
+        let signed =
+            |url: &Url, token: &AccessToken| proof(broker, profile, route, method, url, token);
+        let mut answer = match signed(&url, &token) {
+            Ok(p) => send(route, method, url, to_send(), body, &token, p).await,
+            Err(e) => return (Answer::Own(token_failure(&e)), e.kind().as_str(), false),
+        };
         let mut retried = false;
         if let (Ok(resp), Some(again)) = (&answer, again) {
-            if forward::wants_new_token(resp.status(), resp.headers()) {
-                if let Some(new) = replacement(broker, profile, route, &token).await {
-                    tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
-                    let (url, again) = (resp.url().clone(), reqwest::Body::from(again));
-                    answer = send(route, method, url, to_send(), again, &new).await;
+            if route.dpop && asks_for_nonce(route, resp) {
+                tracing::debug!("profile `{profile}`: the api asked for a DPoP nonce; sending the request again with it");
+                let url = resp.url().clone();
+                if let Ok(p) = signed(&url, &token) {
+                    answer = send(route, method, url, to_send(), again.into(), &token, p).await;
                     retried = true;
                 }
+            } else if forward::wants_new_token(resp.status(), resp.headers()) {
+                if let Some(new) = replacement(broker, profile, route, &token).await {
+                    tracing::debug!("profile `{profile}`: the api refused the token; sending the request again with a new one");
+                    let url = resp.url().clone();
+                    if let Ok(p) = signed(&url, &new) {
+                        answer = send(route, method, url, to_send(), again.into(), &new, p).await;
+                        retried = true;
+                    }
+                }
             }
+        }
+        if let (true, Ok(resp)) = (route.dpop, &answer) {
+            asks_for_nonce(route, resp);
         }
         match answer {
             Ok(resp) => {
@@ -360,6 +383,47 @@ impl Proxy {
     }
 }
 
+/// The DPoP proof of a `method` request to `url` with `token`, when the token is bound (with the api's last nonce).
+fn proof(
+    broker: &Broker,
+    profile: &str,
+    route: &Route,
+    method: &axum::http::Method,
+    url: &Url,
+    token: &AccessToken,
+) -> broker_core::Result<Option<secrecy::SecretString>> {
+    if !route.dpop {
+        return Ok(None);
+    }
+    let nonce = route.nonces.get(url.as_str());
+    broker.proof(
+        profile,
+        token,
+        method.as_str(),
+        url.as_str(),
+        nonce.as_deref(),
+    )
+}
+
+/// Keeps the api's `DPoP-Nonce`; whether the api refused the request for want of it (RFC 9449 §9).
+fn asks_for_nonce(route: &Route, resp: &reqwest::Response) -> bool {
+    let Some(n) = resp
+        .headers()
+        .get("dpop-nonce")
+        .and_then(|v| broker_core::dpop::nonce_of(v.as_bytes()))
+    else {
+        return false;
+    };
+    route.nonces.set(resp.url().as_str(), &n);
+    resp.status() == StatusCode::UNAUTHORIZED
+        && resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(broker_core::dpop::asks_for_nonce)
+}
+
 async fn send(
     route: &Route,
     method: &axum::http::Method,
@@ -367,12 +431,28 @@ async fn send(
     mut headers: axum::http::HeaderMap,
     body: reqwest::Body,
     token: &AccessToken,
+    proof: Option<secrecy::SecretString>,
 ) -> reqwest::Result<reqwest::Response> {
-    let value = broker_core::config::fill_header(&route.value, token.secret().expose_secret());
+    let raw = token.secret().expose_secret();
+    let value = if token.token_type().eq_ignore_ascii_case("dpop")
+        && route.header == header::AUTHORIZATION
+    {
+        format!("DPoP {raw}")
+    } else {
+        broker_core::config::fill_header(&route.value, raw)
+    };
     // A token is printable ASCII (the core refuses any other), so it is always a valid header value.
     if let Ok(mut v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         v.set_sensitive(true);
         headers.insert(route.header.clone(), v);
+    }
+    if let Some(p) = proof {
+        if let Ok(mut v) =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(p.expose_secret().to_owned()))
+        {
+            v.set_sensitive(true);
+            headers.insert(HeaderName::from_static("dpop"), v);
+        }
     }
     route
         .client

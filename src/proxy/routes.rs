@@ -22,6 +22,10 @@ pub(super) struct Route {
     /// Held while a rejected token is replaced, so concurrent 401s cost one new token.
     pub(super) replacing: tokio::sync::Mutex<()>,
     pub(super) last_forced: Mutex<Option<Instant>>,
+    /// The profile uses DPoP: a client's own `DPoP` header is dropped, each request gets the proxy's proof.
+    pub(super) dpop: bool,
+    /// The api's last `DPoP-Nonce`.
+    pub(super) nonces: broker_core::dpop::Nonces,
 }
 
 /// The profiles the proxy serves and the broker their tokens come from.
@@ -107,5 +111,7 @@ fn route(s: &broker_core::Settings, upstream_timeout: Duration) -> Result<Option
         client,
         replacing: tokio::sync::Mutex::new(()),
         last_forced: Mutex::new(None),
+        dpop: s.dpop().enabled(),
+        nonces: Default::default(),
     }))
 }

@@ -83,6 +83,7 @@ mod broker;
 pub mod cache;
 pub mod credential;
 mod credfile;
+pub mod dpop;
 mod http;
 mod kinds;
 #[cfg(feature = "middleware")]

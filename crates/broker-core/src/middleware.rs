@@ -1,5 +1,6 @@
 //! A [`reqwest_middleware`] middleware (feature `middleware`): every request gets the profile's header with a
-//! fresh token; a 401 from the API forces one refresh and one retry.
+//! fresh token (and, for a DPoP-bound token, a proof for that request: RFC 9449 §7); a 401 from the API forces one
+//! refresh and one retry, or, when a DPoP API asks for a nonce (`use_dpop_nonce`), one retry with it.
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use crate::{AccessToken, Broker, Error, TokenRequest};
 pub struct TokenMiddleware {
     broker: Arc<Broker>,
     profile: String,
+    /// The DPoP nonces APIs gave, by origin.
+    nonces: crate::dpop::Nonces,
 }
 
 impl TokenMiddleware {
@@ -22,12 +25,13 @@ impl TokenMiddleware {
         TokenMiddleware {
             broker,
             profile: profile.into(),
+            nonces: Default::default(),
         }
     }
 
     async fn authorize(
         &self,
-        mut req: reqwest::Request,
+        req: reqwest::Request,
         force_refresh: bool,
     ) -> Result<(reqwest::Request, Arc<AccessToken>), Error> {
         let req_opts = TokenRequest {
@@ -35,7 +39,16 @@ impl TokenMiddleware {
             ..TokenRequest::default()
         };
         let token = self.broker.token(&self.profile, &req_opts).await?;
-        let (name, value) = self.broker.header(&self.profile, &token)?;
+        Ok((self.apply(req, &token)?, token))
+    }
+
+    /// `req` with `token`'s header, and its DPoP proof when the token is bound.
+    fn apply(
+        &self,
+        mut req: reqwest::Request,
+        token: &AccessToken,
+    ) -> Result<reqwest::Request, Error> {
+        let (name, value) = self.broker.header(&self.profile, token)?;
         let name = HeaderName::try_from(name)
             .map_err(|e| Error::config(format!("profile `{}`: header name: {e}", self.profile)))?;
         let mut value = HeaderValue::try_from(value.expose_secret()).map_err(|_| {
@@ -46,7 +59,47 @@ impl TokenMiddleware {
         })?;
         value.set_sensitive(true);
         req.headers_mut().insert(name, value);
-        Ok((req, token))
+        self.sign(&mut req, token)?;
+        Ok(req)
+    }
+
+    /// Adds the DPoP proof of `req` for a DPoP-bound `token`, with the API's last nonce.
+    fn sign(&self, req: &mut reqwest::Request, token: &AccessToken) -> Result<(), Error> {
+        let url = req.url().as_str();
+        let nonce = self.nonces.get(url);
+        let proof = self.broker.proof(
+            &self.profile,
+            token,
+            req.method().as_str(),
+            url,
+            nonce.as_deref(),
+        )?;
+        if let Some(p) = proof {
+            let mut value = HeaderValue::try_from(p.expose_secret())
+                .map_err(|_| Error::internal("a DPoP proof that is not a header value"))?;
+            value.set_sensitive(true);
+            req.headers_mut().insert("dpop", value);
+        }
+        Ok(())
+    }
+
+    /// Keeps the `DPoP-Nonce` of `resp`; whether the API refused the request for want of it.
+    fn asks_for_nonce(&self, url: &str, resp: &reqwest::Response) -> bool {
+        let Some(n) = resp
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| crate::dpop::nonce_of(v.as_bytes()))
+        else {
+            return false;
+        };
+        self.nonces.set(url, &n);
+        resp.status() == reqwest::StatusCode::UNAUTHORIZED
+            && resp
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(crate::dpop::asks_for_nonce)
     }
 }
 
@@ -59,11 +112,25 @@ impl Middleware for TokenMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let retry = req.try_clone();
-        let (req, _) = self
+        let url = req.url().to_string();
+        let (req, token) = self
             .authorize(req, false)
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let resp = next.clone().run(req, extensions).await?;
+        if self.asks_for_nonce(&url, &resp) {
+            if let Some(again) = retry {
+                tracing::debug!(
+                    "profile `{}`: the API asked for a DPoP nonce; retrying once with it",
+                    self.profile
+                );
+                let again = self
+                    .apply(again, &token)
+                    .map_err(reqwest_middleware::Error::middleware)?;
+                return next.run(again, extensions).await;
+            }
+            return Ok(resp);
+        }
         match retry {
             Some(retry) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
                 tracing::debug!(

@@ -85,6 +85,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Asks upstream for a new token.
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched>;
+
+    /// The DPoP key this provider's tokens are bound to (RFC 9449), which signs a proof for every request a token
+    /// is sent with. Defaults to none: bearer tokens.
+    fn dpop_key(&self) -> Result<Option<Arc<crate::dpop::DpopKey>>> {
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -97,5 +103,8 @@ impl<P: Provider + ?Sized> Provider for Arc<P> {
     }
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
         (**self).fetch(cx).await
+    }
+    fn dpop_key(&self) -> Result<Option<Arc<crate::dpop::DpopKey>>> {
+        (**self).dpop_key()
     }
 }

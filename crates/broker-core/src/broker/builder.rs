@@ -12,6 +12,8 @@ pub struct BrokerBuilder {
     #[cfg(feature = "shared-cache")]
     shared: Option<Arc<crate::shared::SharedCache>>,
     profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
+    /// The built-in providers of profiles that cache on disk: their generated DPoP keys are kept beside the cache.
+    disk_profiles: Vec<Arc<HttpProvider>>,
 }
 
 impl BrokerBuilder {
@@ -36,7 +38,8 @@ impl BrokerBuilder {
     }
 
     /// Caches on disk in `dir` for profiles whose policy says disk. Defaults to no disk cache
-    /// (disk profiles then cache in memory only).
+    /// (disk profiles then cache in memory only). Generated DPoP keys of disk profiles are kept in its `dpop/`
+    /// (without it, in memory, as the tokens are).
     pub fn disk_cache(mut self, dir: impl Into<PathBuf>) -> Self {
         self.disk = Some(dir.into());
         self
@@ -91,15 +94,24 @@ impl BrokerBuilder {
     pub fn settings(self, s: Settings) -> Self {
         let policy = Policy::from_settings(&s);
         let name = s.profile.clone();
-        let provider = match &self.http {
+        let provider = Arc::new(match &self.http {
             Some(c) => HttpProvider::new(s).with_client(c.clone()),
             None => HttpProvider::new(s).with_pool(self.pool.clone()),
-        };
-        self.profile(name, Arc::new(provider), policy)
+        });
+        let mut b = self.profile(name, provider.clone(), policy.clone());
+        if policy.cache == CacheMode::Disk {
+            b.disk_profiles.push(provider);
+        }
+        b
     }
 
     /// The broker.
     pub fn build(self) -> Broker {
+        if let Some(dir) = &self.disk {
+            for p in &self.disk_profiles {
+                p.keep_dpop_key_in(dir.join("dpop"));
+            }
+        }
         Broker {
             observer: self.observer,
             clock: self.clock,
@@ -126,6 +138,7 @@ impl Broker {
             #[cfg(feature = "shared-cache")]
             shared: None,
             profiles: Map::default(),
+            disk_profiles: Vec::new(),
         }
     }
 }

@@ -349,7 +349,11 @@ impl Broker {
     ) -> Result<(String, secrecy::SecretString)> {
         use secrecy::ExposeSecret;
         let p = self.profile(profile)?;
-        let line = crate::config::fill_header(&p.policy.header, token.secret().expose_secret());
+        let line = crate::config::fill_header_typed(
+            &p.policy.header,
+            token.secret().expose_secret(),
+            token.token_type(),
+        );
         let (name, value) = line.split_once(':').ok_or_else(|| {
             Error::config(format!(
                 "profile `{profile}`: header template is not `Name: value`"
@@ -359,6 +363,41 @@ impl Broker {
             name.trim().to_owned(),
             secrecy::SecretString::from(value.trim().to_owned()),
         ))
+    }
+
+    /// The DPoP key `profile`'s tokens are bound to, if it uses DPoP (loaded, or generated, on first use).
+    pub fn dpop_key(&self, profile: &str) -> Result<Option<Arc<crate::dpop::DpopKey>>> {
+        self.profile(profile)?.provider.dpop_key()
+    }
+
+    /// The `DPoP` proof to send with `token` in a `method` request to `url` (RFC 9449 §7), with the resource
+    /// server's `nonce` when it gave one; `None` when the token is a bearer token (no DPoP, or `dpop = "optional"`
+    /// and the server bound nothing).
+    pub fn proof(
+        &self,
+        profile: &str,
+        token: &AccessToken,
+        method: &str,
+        url: &str,
+        nonce: Option<&str>,
+    ) -> Result<Option<secrecy::SecretString>> {
+        use secrecy::ExposeSecret;
+        if !token.token_type().eq_ignore_ascii_case("dpop") {
+            return Ok(None);
+        }
+        let key = self.dpop_key(profile)?.ok_or_else(|| {
+            Error::config(format!(
+                "profile `{profile}`: the token is DPoP-bound, but the profile has no DPoP key"
+            ))
+        })?;
+        key.proof(&crate::dpop::ProofFor {
+            method,
+            url,
+            token: Some(token.secret().expose_secret()),
+            nonce,
+            now: self.clock.now(),
+        })
+        .map(Some)
     }
 
     /// The disk cache, if any.

@@ -241,6 +241,9 @@ impl Settings {
                 out.push((field, s, Line));
             }
         }
+        if let (true, DpopKeySource::Source(s)) = (self.dpop.enabled(), &self.dpop.key) {
+            out.push(("dpop", s, Whole));
+        }
         out
     }
 
@@ -252,6 +255,11 @@ impl Settings {
                 Some(TokenSource::Profile(p)) => Some(p.as_str()),
                 _ => None,
             })
+    }
+
+    /// `dpop`: whether tokens are bound to a key, and which (docs/reference.md §11).
+    pub fn dpop(&self) -> &Dpop {
+        &self.dpop
     }
 
     /// Where `field` was set (`file:line:col`), if it was set in a file.

@@ -369,6 +369,7 @@ pub(super) fn settle(
             "actor_token",
             f.actor_token.as_ref().map(|l| l.origin.clone()),
         ),
+        ("dpop", f.dpop.as_ref().map(|l| l.origin.clone())),
     ])
     .filter_map(|(n, at)| Some((n, at?)))
     .collect();

@@ -113,6 +113,25 @@ pub fn fill_header(template: &str, token: &str) -> String {
     template.replace("{token}", token)
 }
 
+/// The header template for a token of `token_type`: a DPoP-bound token goes in `Authorization: DPoP {token}`
+/// (RFC 9449 §7.1) whatever scheme an `Authorization` template names; any other template is kept.
+pub fn header_template<'a>(template: &'a str, token_type: &str) -> std::borrow::Cow<'a, str> {
+    match template.split_once(':') {
+        Some((name, _))
+            if token_type.eq_ignore_ascii_case("dpop")
+                && name.trim().eq_ignore_ascii_case("authorization") =>
+        {
+            format!("{}: DPoP {{token}}", name.trim()).into()
+        }
+        _ => template.into(),
+    }
+}
+
+/// [`fill_header`] with the template [`header_template`] gives for `token_type`.
+pub fn fill_header_typed(template: &str, token: &str, token_type: &str) -> String {
+    fill_header(&header_template(template, token_type), token)
+}
+
 /// `{server}[/auth]/realms/{realm}/protocol/openid-connect/token`.
 pub(crate) fn keycloak_token_url(server: &Url, realm: &str, legacy: bool) -> String {
     let base = server.as_str().trim_end_matches('/');

@@ -311,6 +311,71 @@ pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
 }
 
 /// `[proxy]`: `listen` (a loopback address), `socket`, `retry_body_limit` (bytes), `upstream_timeout`.
+/// `dpop = true | false | "optional"`, or `{ key = "generated" | { file = ... }, alg = "ES256", optional = bool }`.
+pub(super) fn p_dpop(cx: &Ctx, key: &str, v: &Val) -> Result<Dpop> {
+    let mode_of = |optional: bool| {
+        if optional {
+            DpopMode::Optional
+        } else {
+            DpopMode::Required
+        }
+    };
+    match v.get_ref() {
+        DeValue::Boolean(b) => Ok(Dpop {
+            mode: if *b {
+                DpopMode::Required
+            } else {
+                DpopMode::Off
+            },
+            key: DpopKeySource::Generated,
+        }),
+        DeValue::String(s) if s == "optional" || s == "required" => Ok(Dpop {
+            mode: mode_of(s == "optional"),
+            key: DpopKeySource::Generated,
+        }),
+        DeValue::Table(t) => {
+            let mut dpop = Dpop {
+                mode: DpopMode::Required,
+                key: DpopKeySource::Generated,
+            };
+            for (k, val) in t.iter() {
+                match k.get_ref().as_ref() {
+                    "key" => dpop.key = match val.get_ref() {
+                        DeValue::String(s) if s == "generated" => DpopKeySource::Generated,
+                        DeValue::Table(_) => DpopKeySource::Source(p_secret(cx, "key", val)?),
+                        _ => return Err(cx.err(
+                            val.span(),
+                            "`key` is \"generated\" or a secret source naming a PEM EC P-256 key",
+                            Some(
+                                "for example key = { file = \"~/.config/broker/dpop.pem\" }".into(),
+                            ),
+                        )),
+                    },
+                    "alg" => {
+                        if cx.string("alg", val)? != crate::dpop::ALG {
+                            return Err(cx.err(
+                                val.span(),
+                                format!("DPoP proofs are signed with {} only", crate::dpop::ALG),
+                                None,
+                            ));
+                        }
+                    }
+                    "optional" => dpop.mode = mode_of(p_bool(cx, "optional", val)?),
+                    _ => return Err(cx.unknown_key(k, &["key", "alg", "optional"], "`dpop`")),
+                }
+            }
+            Ok(dpop)
+        }
+        _ => Err(cx.err(
+            v.span(),
+            format!(
+                "`{key}` must be true, false, \"optional\" or a table {{ key, alg, optional }}"
+            ),
+            None,
+        )),
+    }
+}
+
 pub(super) fn p_proxy(cx: &Ctx, v: &Val) -> Result<ProxyDef> {
     let t = cx.table("proxy", v)?;
     let mut def = ProxyDef {

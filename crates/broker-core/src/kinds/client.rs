@@ -13,6 +13,8 @@ pub(super) type ClientKey = (Duration, Duration, Option<PathBuf>, bool);
 #[derive(Default)]
 pub(crate) struct ClientPool {
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    /// DPoP nonces token endpoints gave, by origin: one per issuer, whichever profile learned it.
+    pub(super) nonces: crate::dpop::Nonces,
 }
 
 impl ClientPool {

@@ -12,6 +12,7 @@
 
 mod client;
 mod credentials;
+mod dpop;
 mod endpoint;
 mod request;
 
@@ -79,6 +80,8 @@ pub struct HttpProvider {
     pool: Arc<ClientPool>,
     /// The endpoint learned in this process (discovery, or the other Keycloak layout).
     learned: Mutex<Option<String>>,
+    /// The DPoP key tokens are bound to, when `dpop` is on.
+    dpop: Option<dpop::Binding>,
 }
 
 impl std::fmt::Debug for HttpProvider {
@@ -131,6 +134,10 @@ impl HttpProvider {
         }
         params.extend(s.params);
         params.sort();
+        let dpop = s
+            .dpop
+            .enabled()
+            .then(|| dpop::Binding::new(&s.profile, s.dpop.clone()));
         let assertion = Assertion {
             private_key: s.private_key,
             key_id: s.key_id,
@@ -161,6 +168,7 @@ impl HttpProvider {
             tls_client: OnceLock::new(),
             pool: Arc::default(),
             learned: Mutex::new(None),
+            dpop,
         }
     }
 
@@ -169,6 +177,14 @@ impl HttpProvider {
     pub(crate) fn with_pool(mut self, pool: Arc<ClientPool>) -> Self {
         self.pool = pool;
         self
+    }
+
+    /// Keeps a generated DPoP key in `dir` (the disk cache's `dpop/`), so it outlives the process as the cached
+    /// tokens bound to it do. Without it a generated key lives in memory.
+    pub(crate) fn keep_dpop_key_in(&self, dir: PathBuf) {
+        if let Some(b) = &self.dpop {
+            let _ = b.dir.set(dir);
+        }
     }
 
     /// Uses the caller's `reqwest::Client` instead of building one (it should not follow redirects, and should
@@ -273,7 +289,18 @@ impl Provider for HttpProvider {
                 parts.push([name.as_bytes(), b"\0", &m].concat());
             }
         }
+        // A token is bound to one key: another key (rotated, regenerated) is another entry.
+        if let Some(key) = self.dpop_key()? {
+            parts.push([b"dpop\0", key.thumbprint().as_bytes()].concat());
+        }
         Ok(CacheKey::from_parts(parts.iter().map(Vec::as_slice)))
+    }
+
+    fn dpop_key(&self) -> Result<Option<Arc<crate::dpop::DpopKey>>> {
+        match &self.dpop {
+            Some(b) => b.key(self).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn fetch(&self, cx: &FetchContext<'_>) -> Result<Fetched> {
@@ -288,16 +315,14 @@ impl HttpProvider {
     async fn fetch_with(&self, cx: &FetchContext<'_>, creds: &Creds) -> Result<Fetched> {
         let label = &self.label;
         let endpoint = self.endpoint(cx).await.map_err(|e| e.context(label))?;
-        let requested_at = cx.clock.now();
-        let answer = self
-            .post(&endpoint, creds, requested_at)
+        let (requested_at, answer) = self
+            .post_with_nonce(&endpoint, creds, cx)
             .await
             .map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
         let (endpoint, requested_at, answer) = match (answer.status, self.other_layout(&endpoint)) {
             (404, Some((other, legacy))) => {
-                let requested_at = cx.clock.now();
-                let second = self
-                    .post(&other, creds, requested_at)
+                let (requested_at, second) = self
+                    .post_with_nonce(&other, creds, cx)
                     .await
                     .map_err(|e| e.context(format!("{label}: POST {other}")))?;
                 if second.status != 404 {
@@ -326,6 +351,8 @@ impl HttpProvider {
                 e
             }
         })?;
+        self.check_binding(&response)
+            .map_err(|e| e.context(format!("{label}: POST {endpoint}")))?;
         if response.token_type.is_none() {
             tracing::debug!("{label}: no token_type in the response; assuming bearer");
         }

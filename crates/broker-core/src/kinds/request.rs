@@ -19,6 +19,9 @@ impl HttpProvider {
             self.client_for(endpoint)?
         };
         let mut req = client.post(endpoint).header("accept", "application/json");
+        if let Some(proof) = self.token_request_proof(endpoint, creds, now)? {
+            req = req.header("dpop", proof.expose_secret());
+        }
         let id = creds.id.expose_secret();
         let secret = || creds.secret.as_ref().map_or("", |s| s.expose_secret());
         match self.auth {

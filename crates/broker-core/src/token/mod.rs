@@ -347,6 +347,8 @@ mod tests {
         assert!(parse_response(br#"{"access_token":"a","token_type":"BEARER"}"#).is_ok());
         assert!(parse_response(br#"{"access_token":"a"}"#).is_ok());
         assert!(parse_response(br#"{"access_token":"a","token_type":"mac"}"#).is_err());
+        // The provider decides whether a DPoP token fits the profile (kinds/dpop.rs).
+        assert!(parse_response(br#"{"access_token":"a","token_type":"DPoP"}"#).is_ok());
     }
 
     #[test]

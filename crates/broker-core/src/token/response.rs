@@ -48,10 +48,14 @@ pub fn parse_response(body: &[u8]) -> Result<TokenResponse, String> {
     };
     let token_type = match obj.get("token_type") {
         None | Some(Value::Null) => None,
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => Some(t.clone()),
+        Some(Value::String(t))
+            if t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("dpop") =>
+        {
+            Some(t.clone())
+        }
         Some(Value::String(t)) => {
             return Err(format!(
-                "`token_type` is `{}`, not bearer",
+                "`token_type` is `{}`, not bearer or DPoP",
                 crate::http::provider_text(t)
             ))
         }
