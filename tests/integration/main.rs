@@ -47,6 +47,8 @@ mod daemon;
 mod daemon_refresh;
 // The daemon's bounds: connection floods, the key check, unknown names, --socket and --listen.
 mod daemon_limits;
+// DPoP (RFC 9449) against oidc-provider and a resource server that verifies every proof.
+mod dpop;
 // docker-credential-broker with the real skopeo against a registry front that checks the issuer's signature.
 mod docker_credential;
 // Token files for any program: netrc read by curl, npmrc, docker, env, templates, on_change.

@@ -118,3 +118,108 @@ async fn a_callers_reqwest_client_is_used_for_token_requests() {
         "from-my-client"
     );
 }
+
+/// A DPoP resource server: checks each proof's signature (with the key it embeds), `htm`, `htu`, `ath` and `jti`,
+/// asks for a nonce once, and accepts only proofs that carry it.
+struct DpopApi {
+    jtis: std::sync::Mutex<Vec<String>>,
+}
+
+impl wiremock::Respond for DpopApi {
+    fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
+        use base64::Engine as _;
+        let b64 = |s: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .unwrap_or_default()
+        };
+        let get = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let token = get("authorization")
+            .strip_prefix("DPoP ")
+            .unwrap_or("")
+            .to_owned();
+        let proof = get("dpop");
+        let parts: Vec<&str> = proof.split('.').collect();
+        assert_eq!(parts.len(), 3, "a DPoP proof");
+        let header: serde_json::Value = serde_json::from_slice(&b64(parts[0])).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&b64(parts[1])).unwrap();
+        let point = [
+            &[4u8][..],
+            &b64(header["jwk"]["x"].as_str().unwrap()),
+            &b64(header["jwk"]["y"].as_str().unwrap()),
+        ]
+        .concat();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &b64(parts[2]),
+            )
+            .expect("the proof's signature verifies");
+        assert_eq!(token, "bound");
+        assert_eq!(claims["htm"], "GET");
+        // wiremock names every request's host `localhost`: the URL sent is the Host header's.
+        let htu = format!("http://{}{}", get("host"), req.url.path());
+        assert_eq!(claims["htu"], htu.as_str());
+        assert_eq!(claims["ath"], broker_core::dpop::ath("bound"));
+        let mut jtis = self.jtis.lock().unwrap();
+        let jti = claims["jti"].as_str().unwrap().to_owned();
+        assert!(!jtis.contains(&jti), "a jti used twice");
+        jtis.push(jti);
+        if claims["nonce"] != "n-1" {
+            return ResponseTemplate::new(401)
+                .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                .insert_header("dpop-nonce", "n-1");
+        }
+        ResponseTemplate::new(200)
+    }
+}
+
+#[tokio::test]
+async fn a_dpop_bound_token_goes_with_a_proof_per_request_and_one_retry_for_the_apis_nonce() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(wiremock::matchers::header_exists("dpop"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "bound", "token_type": "DPoP", "expires_in": 300}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let api = DpopApi {
+        jtis: Default::default(),
+    };
+    // One refusal for the nonce, then three requests that carry it from the start.
+    Mock::given(path("/api"))
+        .respond_with(api)
+        .expect(4)
+        .mount(&server)
+        .await;
+    let config = Config::parse(&format!(
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\ndpop = true\n",
+        server.uri()
+    ))
+    .unwrap();
+    let broker = Arc::new(
+        Broker::builder()
+            .config(&config, &Default::default())
+            .build(),
+    );
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(TokenMiddleware::new(broker, "p"))
+        .build();
+    for i in 0..3 {
+        let resp = client
+            .get(format!("{}/api?page={i}", server.uri()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}

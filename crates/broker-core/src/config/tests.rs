@@ -106,6 +106,38 @@ fn unknown_environment_suggests() {
 }
 
 #[test]
+fn dpop_values_are_checked_where_they_are_written() {
+    let base = "[profiles.x]\nprovider = \"p\"\nclient_id = \"a\"\nclient_secret = \"b\"\n";
+    for (line, want) in [
+        (
+            "dpop = \"yes\"",
+            "config.toml:5:8: `dpop` must be true, false, \"optional\"",
+        ),
+        (
+            "dpop = { alg = \"RS256\" }",
+            "config.toml:5:16: DPoP proofs are signed with ES256 only",
+        ),
+        (
+            "dpop = { key = \"-----BEGIN\" }",
+            "config.toml:5:16: `key` is \"generated\" or a secret source",
+        ),
+        ("dpop = { optinal = true }", "did you mean `optional`?"),
+    ] {
+        let e = err(PROVIDER, &format!("{base}{line}\n"));
+        assert!(e.contains(want), "{line}: {e}");
+        assert!(!e.contains("-----BEGIN"), "{e}");
+    }
+    let c = load(
+        PROVIDER,
+        &format!("{base}dpop = {{ key = {{ file = \"/k.pem\" }}, optional = true }}\n"),
+    )
+    .unwrap();
+    let s = c.resolve("x", &Overrides::default()).unwrap();
+    assert_eq!(s.dpop().mode, DpopMode::Optional);
+    assert!(s.secret_sources().iter().any(|(f, _, _)| *f == "dpop"));
+}
+
+#[test]
 fn wrong_type_and_syntax_errors_have_positions() {
     let e = err(PROVIDER, "[profiles.x]\nmin_ttl = 5\n");
     assert!(
