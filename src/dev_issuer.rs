@@ -2,7 +2,8 @@
 //!
 //! Keycloak-shaped (`/realms/{realm}/protocol/openid-connect/token`, form) and Auth0-shaped (`/oauth/token`,
 //! JSON or form) endpoints; EdDSA-signed JWTs with a JWKS; the client id and secret are checked; tokens are
-//! counted (`GET /stats`). A user feature and a demo aid, not a conformance target.
+//! counted (`GET /stats`). A request with a valid DPoP proof (RFC 9449: signature by its embedded P-256 key, `htm`
+//! POST) gets a DPoP token bound to that key (`cnf.jkt`). A user feature and a demo aid, not a conformance target.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -282,16 +283,50 @@ fn issue(st: &Issuer, headers: &HeaderMap, fields: &[(String, String)], iss: &st
     if let Some(scope) = get("scope") {
         claims["scope"] = json!(scope);
     }
+    let mut token_type = "Bearer";
+    if let Some(proof) = headers.get("dpop").and_then(|v| v.to_str().ok()) {
+        match proof_key(proof) {
+            Some(jkt) => {
+                claims["cnf"] = json!({ "jkt": jkt });
+                token_type = "DPoP";
+            }
+            None => {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", "the DPoP proof does not verify")
+            }
+        }
+    }
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(st.kid.clone());
     match jsonwebtoken::encode(&header, &claims, &st.key) {
         Ok(token) => (
             [("cache-control", "no-store")],
-            Json(json!({"access_token": token, "expires_in": st.ttl, "token_type": "Bearer", "scope": get("scope").unwrap_or("")})),
+            Json(json!({"access_token": token, "expires_in": st.ttl, "token_type": token_type, "scope": get("scope").unwrap_or("")})),
         )
             .into_response(),
         Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e.to_string()),
     }
+}
+
+/// The RFC 7638 thumbprint of a token request's DPoP proof key, when the proof is an ES256 `dpop+jwt` for a POST
+/// whose signature verifies with the P-256 key it embeds.
+fn proof_key(proof: &str) -> Option<String> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = proof.split('.');
+    let (h, c, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    let header: Value = serde_json::from_slice(&b64.decode(h).ok()?).ok()?;
+    let claims: Value = serde_json::from_slice(&b64.decode(c).ok()?).ok()?;
+    let jwk = &header["jwk"];
+    if header["typ"] != "dpop+jwt" || header["alg"] != "ES256" || jwk["crv"] != "P-256" || claims["htm"] != "POST" {
+        return None;
+    }
+    let (x, y) = (jwk["x"].as_str()?, jwk["y"].as_str()?);
+    let point = [&[4u8][..], &b64.decode(x).ok()?, &b64.decode(y).ok()?].concat();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+        .verify(format!("{h}.{c}").as_bytes(), &b64.decode(sig).ok()?)
+        .ok()?;
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    use sha2::Digest;
+    Some(b64.encode(sha2::Sha256::digest(canonical.as_bytes())))
 }
 
 async fn jwks(State(st): State<Arc<Issuer>>) -> Json<Value> {

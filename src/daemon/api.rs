@@ -153,7 +153,7 @@ pub(super) async fn token(
 }
 
 /// `/v1/token/<profile>/proof?htm=GET&htu=URL[&nonce=N]`: the token, with a DPoP proof for that request in `dpop`
-/// (docs/reference.md §6, §11), so a consumer never holds the key.
+/// (docs/reference.md §6, §10), so a consumer never holds the key.
 pub(super) async fn proof(
     State(daemon): State<Arc<Daemon>>,
     UrlPath(profile): UrlPath<String>,

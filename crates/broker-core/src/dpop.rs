@@ -1,4 +1,4 @@
-//! DPoP (RFC 9449, docs/reference.md §11): the key a profile's tokens are bound to, the proofs it signs, and the
+//! DPoP (RFC 9449, docs/reference.md §10): the key a profile's tokens are bound to, the proofs it signs, and the
 //! nonces servers hand out. A proof is a JWT signed with the key, naming the request (`htm`, `htu`), the token it
 //! goes with (`ath`), a fresh `jti`, and the server's nonce when it asked for one.
 //!

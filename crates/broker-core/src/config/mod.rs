@@ -257,7 +257,7 @@ impl Settings {
             })
     }
 
-    /// `dpop`: whether tokens are bound to a key, and which (docs/reference.md §11).
+    /// `dpop`: whether tokens are bound to a key, and which (docs/reference.md §10).
     pub fn dpop(&self) -> &Dpop {
         &self.dpop
     }

@@ -227,7 +227,7 @@ impl CacheMode {
     }
 }
 
-/// `dpop`: whether a profile's tokens are bound to a key (RFC 9449, docs/reference.md §11), and which key.
+/// `dpop`: whether a profile's tokens are bound to a key (RFC 9449, docs/reference.md §10), and which key.
 #[derive(Debug, Clone, Default)]
 pub struct Dpop {
     /// Off, required, or optional.

@@ -1,4 +1,4 @@
-//! A profile's DPoP binding (RFC 9449, docs/reference.md §11): its key (generated beside the disk cache, or read from
+//! A profile's DPoP binding (RFC 9449, docs/reference.md §10): its key (generated beside the disk cache, or read from
 //! the profile's source), the proof each token request carries, the server's nonce, and the check of the token
 //! that comes back.
 //! *Invariant: with `dpop` on, every token request carries a fresh proof, and a token is cached only when its type
@@ -144,7 +144,7 @@ impl HttpProvider {
         }
     }
 
-    /// What a token's type and binding must be for this profile (docs/reference.md §11).
+    /// What a token's type and binding must be for this profile (docs/reference.md §10).
     pub(super) fn check_binding(&self, response: &crate::token::TokenResponse) -> Result<()> {
         let dpop_type = response
             .token_type
