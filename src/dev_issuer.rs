@@ -291,7 +291,11 @@ fn issue(st: &Issuer, headers: &HeaderMap, fields: &[(String, String)], iss: &st
                 token_type = "DPoP";
             }
             None => {
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof", "the DPoP proof does not verify")
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_dpop_proof",
+                    "the DPoP proof does not verify",
+                )
             }
         }
     }
@@ -316,7 +320,11 @@ fn proof_key(proof: &str) -> Option<String> {
     let header: Value = serde_json::from_slice(&b64.decode(h).ok()?).ok()?;
     let claims: Value = serde_json::from_slice(&b64.decode(c).ok()?).ok()?;
     let jwk = &header["jwk"];
-    if header["typ"] != "dpop+jwt" || header["alg"] != "ES256" || jwk["crv"] != "P-256" || claims["htm"] != "POST" {
+    if header["typ"] != "dpop+jwt"
+        || header["alg"] != "ES256"
+        || jwk["crv"] != "P-256"
+        || claims["htm"] != "POST"
+    {
         return None;
     }
     let (x, y) = (jwk["x"].as_str()?, jwk["y"].as_str()?);

@@ -150,6 +150,21 @@ fn check_material(s: &Settings, now: SystemTime) -> Result<Vec<String>, Error> {
             _ => {}
         }
     }
+    let in_keyring = match s.client_secret() {
+        Some(SecretSource::Keyring { service, account }) => {
+            Some(format!("keyring {service}/{account}.dpop"))
+        }
+        _ => None,
+    };
+    if let (true, DpopKeySource::Generated, Some(entry)) =
+        (s.dpop().enabled(), &s.dpop().key, &in_keyring)
+    {
+        if s.cache() == CacheMode::Disk {
+            // Keyrings are not asked here (they may prompt): say where the key is.
+            notes.push(format!("{} (key kept in {entry})", dpop_note(s, None)));
+            return Ok(notes);
+        }
+    }
     if let (true, DpopKeySource::Generated) = (s.dpop().enabled(), &s.dpop().key) {
         let dir = context::cache_dir()
             .filter(|_| s.cache() == CacheMode::Disk)

@@ -448,3 +448,61 @@ fn at_trace_level_no_log_line_holds_the_token_a_proof_or_the_key() {
         );
     }
 }
+
+#[test]
+fn a_generated_key_is_kept_in_the_keyring_when_the_secret_is_there() {
+    use std::io::Write;
+    let idp = Dpop::start(false, false);
+    let home = Home::new();
+    // A service name of this test alone: the kernel keyring is the user's, shared by tests running at once.
+    let service = format!("broker-dpop-test-{}", std::process::id());
+    home.config(&format!(
+        "[profiles.ion-dev]\nprovider = \"ion\"\nauth_server = \"{}\"\napi = \"{}\"\nclient_id = \"svc\"\n\
+         client_secret = {{ keyring = \"{service}/svc\" }}\ndpop = true\n",
+        idp.server.base(),
+        idp.api()
+    ));
+    let mut set = home
+        .cmd(["secret", "set", "ion-dev"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{SECRET}\n").as_bytes())
+        .unwrap();
+    assert!(set.wait().unwrap().success());
+    run(&home, &["check"])
+        .success()
+        .stdout_has(&format!("key kept in keyring {service}/svc.dpop"));
+    // Two processes, the second forcing a new token: both bound to the one key the keyring keeps, none in a file.
+    let c = json_of(&run(&home, &["token", "ion-dev", "--format", "json"]));
+    let d = json_of(&run(
+        &home,
+        &["token", "ion-dev", "--format", "json", "--force-refresh"],
+    ));
+    assert_eq!(
+        cnf_jkt(c["access_token"].as_str().unwrap()),
+        cnf_jkt(d["access_token"].as_str().unwrap())
+    );
+    assert!(!home.cache_dir().join("dpop/ion-dev.pem").exists());
+    let secret = broker_core::secret::SecretSource::Keyring {
+        service: service.clone(),
+        account: "svc.dpop".into(),
+    };
+    let pem = secret
+        .read(broker_core::secret::Shape::Whole)
+        .expect("the key is in the keyring");
+    let key =
+        broker_core::dpop::DpopKey::from_pem(secrecy::ExposeSecret::expose_secret(&pem).as_bytes())
+            .unwrap();
+    assert_eq!(
+        key.thumbprint(),
+        cnf_jkt(c["access_token"].as_str().unwrap())
+    );
+    let _ = secret.delete();
+    run(&home, &["secret", "delete", "ion-dev"]).success();
+}

@@ -14,7 +14,8 @@ fn proof(c: &mut Criterion) {
     let Ok((key, _)) = DpopKey::generate() else {
         panic!("no key");
     };
-    let token = "eyJhbGciOiJFUzI1NiJ9.eyJjbmYiOnsiamt0IjoiYWJjIn0sImV4cCI6MTl9.c2lnbmF0dXJl".repeat(4);
+    let token =
+        "eyJhbGciOiJFUzI1NiJ9.eyJjbmYiOnsiamt0IjoiYWJjIn0sImV4cCI6MTl9.c2lnbmF0dXJl".repeat(4);
     let url = "https://api.example.com/v1/runs?first=10&after=abc";
     c.bench_function("dpop proof (ES256, with ath)", |b| {
         b.iter(|| {

@@ -15,12 +15,22 @@ pub(super) struct Binding {
     source: DpopKeySource,
     /// Where a generated key is kept (the disk cache's `dpop/`); unset keeps it in memory, as the tokens are.
     pub(super) dir: OnceLock<PathBuf>,
+    /// A generated key of a profile whose secret is in the keyring is kept there too (`<account>.dpop`).
+    keyring: Option<SecretSource>,
     key: OnceLock<Arc<DpopKey>>,
 }
 
 impl Binding {
-    pub(super) fn new(profile: &str, dpop: Dpop) -> Self {
+    pub(super) fn new(profile: &str, dpop: Dpop, secret: Option<&SecretSource>) -> Self {
+        let keyring = match secret {
+            Some(SecretSource::Keyring { service, account }) => Some(SecretSource::Keyring {
+                service: service.clone(),
+                account: format!("{account}.dpop"),
+            }),
+            _ => None,
+        };
         Binding {
+            keyring,
             file_name: crate::dpop::generated_key_name(profile),
             mode: dpop.mode,
             source: dpop.key,
@@ -34,17 +44,20 @@ impl Binding {
         if let Some(k) = self.key.get() {
             return Ok(Arc::clone(k));
         }
-        let key = match (&self.source, self.dir.get()) {
-            (DpopKeySource::Generated, Some(dir)) => {
+        let key = match (&self.source, self.dir.get(), &self.keyring) {
+            (DpopKeySource::Generated, Some(_), Some(entry)) => {
+                self.in_keyring(entry).map_err(|e| e.context(&p.label))?
+            }
+            (DpopKeySource::Generated, Some(dir), None) => {
                 crate::dpop::load_or_create(dir, &self.file_name)
                     .map_err(|e| e.context(&p.label))?
             }
-            (DpopKeySource::Generated, None) => {
+            (DpopKeySource::Generated, None, _) => {
                 DpopKey::generate()
                     .map_err(|e| Error::internal(format!("{}: dpop: {e}", p.label)))?
                     .0
             }
-            (DpopKeySource::Source(s), _) => {
+            (DpopKeySource::Source(s), ..) => {
                 let pem = s
                     .read(Shape::Whole)
                     .map_err(|e| e.context(p.source_context("dpop")))?;
@@ -53,6 +66,24 @@ impl Binding {
             }
         };
         Ok(Arc::clone(self.key.get_or_init(|| Arc::new(key))))
+    }
+}
+
+impl Binding {
+    /// The generated key kept in the keyring `entry`, made and stored there on first use.
+    fn in_keyring(&self, entry: &SecretSource) -> Result<DpopKey> {
+        let bad = |e: String| Error::config(format!("dpop: the key in {}: {e}", entry.describe()));
+        if let Some(pem) = entry.read_if_present(Shape::Whole)? {
+            return DpopKey::from_pem(pem.expose_secret().as_bytes()).map_err(bad);
+        }
+        let (key, pem) = DpopKey::generate().map_err(Error::internal)?;
+        entry.store(&pem)?;
+        tracing::info!(
+            "created the DPoP key in {} ({})",
+            entry.describe(),
+            key.thumbprint()
+        );
+        Ok(key)
     }
 }
 

@@ -137,7 +137,7 @@ impl HttpProvider {
         let dpop = s
             .dpop
             .enabled()
-            .then(|| dpop::Binding::new(&s.profile, s.dpop.clone()));
+            .then(|| dpop::Binding::new(&s.profile, s.dpop.clone(), s.client_secret.as_ref()));
         let assertion = Assertion {
             private_key: s.private_key,
             key_id: s.key_id,

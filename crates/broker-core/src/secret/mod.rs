@@ -201,6 +201,21 @@ impl SecretSource {
         }
     }
 
+    /// The value of the keyring entry this source names, or `None` when it has none (other sources: [`Self::read`]).
+    pub fn read_if_present(&self, shape: Shape) -> Result<Option<SecretString>> {
+        match self {
+            #[cfg(feature = "keyring")]
+            SecretSource::Keyring { service, account } => {
+                match keyring_entry(service, account)?.get_password() {
+                    Ok(v) => Ok(Some(SecretString::from(v))),
+                    Err(keyring::Error::NoEntry) => Ok(None),
+                    Err(e) => Err(keyring_error(service, account, e)),
+                }
+            }
+            other => other.read(shape).map(Some),
+        }
+    }
+
     /// Deletes the keyring entry this source names (`broker secret delete`). Returns whether there was one.
     pub fn delete(&self) -> Result<bool> {
         match self {
