@@ -15,18 +15,32 @@ pub(super) struct Gate {
 
 #[derive(Clone)]
 pub(super) enum Who {
-    /// A Unix-socket peer, with its uid if the kernel said it.
-    Unix(Option<u32>),
+    /// A Unix-socket peer, as the kernel described it.
+    Unix(Arc<crate::caller::Peer>),
     /// A TCP client, which must send this key.
     Tcp(Arc<str>),
+}
+
+impl Who {
+    /// The caller for a profile's `allow` rule: a TCP client is known only as a holder of the key.
+    fn peer(&self) -> Arc<crate::caller::Peer> {
+        match self {
+            Who::Unix(p) => p.clone(),
+            Who::Tcp(_) => Arc::new(crate::caller::Peer::of_tcp(None, "tcp with the daemon key")),
+        }
+    }
 }
 
 impl Gate {
     /// The answer to a request refused before routing, if it is.
     pub(super) fn refuse<B>(&self, req: &axum::http::Request<B>) -> Option<Response> {
         match &self.who {
-            Who::Unix(uid) if !uid.is_some_and(|u| self.daemon.allowed_uids.contains(&u)) => {
-                tracing::warn!("refused a connection from uid {uid:?}");
+            Who::Unix(peer)
+                if !peer
+                    .uid()
+                    .is_some_and(|u| self.daemon.allowed_uids.contains(&u)) =>
+            {
+                tracing::warn!("refused a connection from uid {:?}", peer.uid());
                 return Some(error_response(
                     &Error::new(ErrorKind::Usage, "this uid may not use the daemon"),
                     StatusCode::FORBIDDEN,
@@ -88,6 +102,8 @@ impl crate::listen::Handler for Gated {
     ) -> impl std::future::Future<Output = Response> + Send + 'static {
         use tower::ServiceExt;
         let refused = self.gate.refuse(&req);
+        let mut req = req;
+        req.extensions_mut().insert(self.gate.who.peer());
         async move {
             let mut resp = match refused {
                 Some(resp) => resp,
@@ -147,9 +163,10 @@ pub(super) const UNKNOWN_PROFILE: &str = "(unknown)";
 pub(super) async fn token(
     State(daemon): State<Arc<Daemon>>,
     UrlPath(profile): UrlPath<String>,
+    peer: Option<axum::Extension<Arc<crate::caller::Peer>>>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    serve(daemon, profile, query, false).await
+    serve(daemon, profile, peer.map(|p| p.0), query, false).await
 }
 
 /// `/v1/token/<profile>/proof?htm=GET&htu=URL[&nonce=N]`: the token, with a DPoP proof for that request in `dpop`
@@ -157,14 +174,39 @@ pub(super) async fn token(
 pub(super) async fn proof(
     State(daemon): State<Arc<Daemon>>,
     UrlPath(profile): UrlPath<String>,
+    peer: Option<axum::Extension<Arc<crate::caller::Peer>>>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    serve(daemon, profile, query, true).await
+    serve(daemon, profile, peer.map(|p| p.0), query, true).await
+}
+
+/// The answer to a caller `allow` refuses, if it does: 403, class `rejected`, naming the part of the rule that
+/// refused and the caller as the kernel described it (docs/reference.md §11).
+pub(crate) fn refused_by_rule(
+    profile: &str,
+    rule: Option<&broker_core::caller::Allow>,
+    peer: Option<&crate::caller::Peer>,
+) -> Option<(Error, broker_core::caller::Caller)> {
+    let rule = rule?;
+    let caller = match peer {
+        Some(p) if rule.needs_process() => p.caller().clone(),
+        Some(p) => p.credentials(),
+        None => broker_core::caller::Caller::default(),
+    };
+    let part = rule.admits(&caller).err()?;
+    tracing::warn!("profile `{profile}`: refused {caller}: not in its `allow.{part}`");
+    Some((
+        Error::rejected(format!(
+            "profile `{profile}`: this caller may not have its token: its rule `allow.{part}` does not admit {caller}"
+        )),
+        caller,
+    ))
 }
 
 async fn serve(
     daemon: Arc<Daemon>,
     profile: String,
+    peer: Option<Arc<crate::caller::Peer>>,
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     with_proof: bool,
 ) -> Response {
@@ -220,6 +262,11 @@ async fn serve(
             &broker_core::error::unknown_profile(&profile, &names, &[]),
             StatusCode::NOT_FOUND,
         );
+    }
+    let rule = loaded.settings.get(&profile).and_then(|s| s.allow.as_ref());
+    if let Some((e, _)) = refused_by_rule(&profile, rule, peer.as_deref()) {
+        m.request(&profile, "refused");
+        return error_response(&e, StatusCode::FORBIDDEN);
     }
     let req = TokenRequest {
         min_ttl,

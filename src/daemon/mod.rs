@@ -30,7 +30,7 @@ use crate::listen::{
 };
 use crate::output::{self, rfc3339, Format};
 use api::*;
-pub(crate) use api::{error_response, status_of};
+pub(crate) use api::{error_response, refused_by_rule, status_of};
 use metrics::Metrics;
 
 #[derive(clap::Args)]
@@ -80,6 +80,8 @@ struct Served {
     sink: Option<Box<sink::Target>>,
     provider: Option<String>,
     environment: Option<String>,
+    /// Who may ask for the token (docs/reference.md §11).
+    allow: Option<broker_core::caller::Allow>,
 }
 
 impl From<&Settings> for Served {
@@ -90,6 +92,7 @@ impl From<&Settings> for Served {
             sink: sink::Target::of(s),
             provider: s.provider().map(str::to_owned),
             environment: s.environment().map(str::to_owned),
+            allow: s.allow().cloned(),
         }
     }
 }
@@ -221,7 +224,14 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
     raise_open_file_limit();
     let listener = UnixListener::bind(&socket)
         .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", socket.display())))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+    // Others can connect only when other uids are allowed (the kernel's uid of each peer is checked, and each
+    // profile's `allow`); else the socket is ours alone.
+    let mode = if args.allow_uid.is_empty() {
+        0o600
+    } else {
+        0o666
+    };
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::internal(format!("cannot chmod {}: {e}", socket.display())))?;
 
     let metrics = Arc::new(Metrics::default());
@@ -299,7 +309,7 @@ async fn run_listeners(
     let handler = move |io: &tokio::net::UnixStream| Gated {
         gate: Gate {
             daemon: unix_daemon.clone(),
-            who: Who::Unix(io.peer_cred().ok().map(|c| c.uid())),
+            who: Who::Unix(Arc::new(crate::caller::Peer::of_unix(io))),
         },
         app: api.clone(),
     };

@@ -90,7 +90,7 @@ pub async fn start(
         let p = proxy.clone();
         let handler = move |io: &tokio::net::UnixStream| Conn {
             proxy: p.clone(),
-            caller: Caller::Unix(io.peer_cred().ok().map(|c| c.uid())),
+            caller: Caller::Unix(Arc::new(crate::caller::Peer::of_unix(io))),
         };
         servers.push(tokio::spawn(listen::serve(
             listener,

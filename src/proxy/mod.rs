@@ -93,8 +93,8 @@ pub struct Proxy {
 /// Who a connection is.
 #[derive(Clone)]
 enum Caller {
-    /// A Unix-socket peer, with its uid if the kernel said it.
-    Unix(Option<u32>),
+    /// A Unix-socket peer, as the kernel described it.
+    Unix(Arc<crate::caller::Peer>),
     /// A loopback TCP client: who owns its socket (asked of the kernel on its first request without the key),
     /// and the key it may send instead.
     Tcp {
@@ -153,7 +153,11 @@ impl Handler for Conn {
         if let Some(refused) = self.refuse(&req) {
             return refused;
         }
-        self.proxy.answer(req, answering).await
+        let peer = match &self.caller {
+            Caller::Unix(p) => p.clone(),
+            Caller::Tcp { owner, .. } => Arc::new(crate::caller::Peer::of_tcp(owner.uid(), "tcp")),
+        };
+        self.proxy.answer(req, answering, peer).await
     }
 }
 
@@ -162,7 +166,7 @@ impl Conn {
     fn refuse<B>(&self, req: &Request<B>) -> Option<Response> {
         let allowed = |uid: &Option<u32>| uid.is_some_and(|u| self.proxy.allowed_uids.contains(&u));
         let ok = match &self.caller {
-            Caller::Unix(uid) => allowed(uid),
+            Caller::Unix(peer) => allowed(&peer.uid()),
             Caller::Tcp { owner, key } => {
                 use subtle::ConstantTimeEq;
                 let given = req
@@ -192,14 +196,19 @@ impl Conn {
 
     fn describe(&self) -> String {
         match &self.caller {
-            Caller::Unix(uid) => format!("uid {uid:?} on the Unix socket"),
+            Caller::Unix(peer) => format!("uid {:?} on the Unix socket", peer.uid()),
             Caller::Tcp { owner, .. } => format!("uid {:?} over TCP", owner.uid()),
         }
     }
 }
 
 impl Proxy {
-    async fn answer(self: Arc<Self>, req: Request<Incoming>, answering: Answering) -> Response {
+    async fn answer(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        answering: Answering,
+        peer: Arc<crate::caller::Peer>,
+    ) -> Response {
         match req.uri().path() {
             "/.broker/healthz" => return forward::own_answer(StatusCode::OK, "ok\n".into()),
             "/.broker/metrics" => {
@@ -236,6 +245,12 @@ impl Proxy {
                     profile.escape_debug()
                 ),
             );
+        }
+        let rule = routes.routes.get(profile).and_then(|r| r.allow.as_ref());
+        if let Some((e, _)) = crate::daemon::refused_by_rule(profile, rule, Some(&peer)) {
+            self.metrics
+                .proxied(profile, "refused", false, Duration::ZERO);
+            return crate::daemon::error_response(&e, StatusCode::FORBIDDEN);
         }
         let logged = tracing::enabled!(target: "broker::access", tracing::Level::INFO)
             .then(|| forward::logged(&req));

@@ -26,6 +26,8 @@ pub(super) struct Route {
     pub(super) dpop: bool,
     /// The api's last `DPoP-Nonce`.
     pub(super) nonces: broker_core::dpop::Nonces,
+    /// Who may use it (docs/reference.md §11).
+    pub(super) allow: Option<broker_core::caller::Allow>,
 }
 
 /// The profiles the proxy serves and the broker their tokens come from.
@@ -113,5 +115,6 @@ fn route(s: &broker_core::Settings, upstream_timeout: Duration) -> Result<Option
         last_forced: Mutex::new(None),
         dpop: s.dpop().enabled(),
         nonces: Default::default(),
+        allow: s.allow().cloned(),
     }))
 }

@@ -81,6 +81,7 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
 ];
 mod broker;
 pub mod cache;
+pub mod caller;
 pub mod credential;
 mod credfile;
 pub mod dpop;

@@ -257,6 +257,11 @@ impl Settings {
             })
     }
 
+    /// `allow`: who may ask the daemon or the proxy for this profile's token (docs/reference.md §11).
+    pub fn allow(&self) -> Option<&crate::caller::Allow> {
+        self.allow.as_ref()
+    }
+
     /// `dpop`: whether tokens are bound to a key, and which (docs/reference.md §10).
     pub fn dpop(&self) -> &Dpop {
         &self.dpop

@@ -138,6 +138,39 @@ fn dpop_values_are_checked_where_they_are_written() {
 }
 
 #[test]
+fn allow_rules_name_users_and_groups_that_exist() {
+    let base = "[profiles.x]\nprovider = \"p\"\nclient_id = \"a\"\nclient_secret = \"b\"\n";
+    for (line, want) in [
+        (
+            "allow = { uids = [\"no-such-user-zz\"] }",
+            "config.toml:5:19: no such user on this machine",
+        ),
+        (
+            "allow = { gids = [4000000000] }",
+            "config.toml:5:19: no such group on this machine",
+        ),
+        (
+            "allow = { exe = [\"kubectl\"] }",
+            "config.toml:5:18: `exe` holds absolute paths",
+        ),
+        (
+            "allow = { unit = [\"a.service\"] }",
+            "did you mean `units`?",
+        ),
+    ] {
+        let e = err(PROVIDER, &format!("{base}{line}\n"));
+        assert!(e.contains(want), "{line}: {e}");
+    }
+    let c = load(PROVIDER, &format!("{base}allow = {{ uids = [\"root\", 0], gids = [\"root\"], units = [\"b.service\"] }}\n")).unwrap();
+    let s = c.resolve("x", &Overrides::default()).unwrap();
+    let allow = s.allow().unwrap();
+    assert_eq!(
+        (allow.uids.as_slice(), allow.gids.as_slice()),
+        (&[0, 0][..], &[0][..])
+    );
+}
+
+#[test]
 fn wrong_type_and_syntax_errors_have_positions() {
     let e = err(PROVIDER, "[profiles.x]\nmin_ttl = 5\n");
     assert!(

@@ -311,6 +311,90 @@ pub(super) fn p_secret(cx: &Ctx, key: &str, v: &Val) -> Result<SecretSource> {
 }
 
 /// `[proxy]`: `listen` (a loopback address), `socket`, `retry_body_limit` (bytes), `upstream_timeout`.
+/// `allow = { uids = [1000, "deploy"], gids = ["docker"], exe = ["/usr/bin/kubectl"], units = ["backup.service"] }`:
+/// names are resolved now, and a user or group that does not exist is an error at its position.
+pub(super) fn p_allow(cx: &Ctx, key: &str, v: &Val) -> Result<crate::caller::Allow> {
+    let t = cx.table(key, v)?;
+    let mut allow = crate::caller::Allow::default();
+    fn items<'v, 'i>(
+        cx: &Ctx,
+        name: &str,
+        val: &'v Val<'i>,
+    ) -> Result<Vec<(Range<usize>, &'v DeValue<'i>)>> {
+        let arr = val
+            .get_ref()
+            .as_array()
+            .ok_or_else(|| cx.wrong_type(name, val, "an array"))?;
+        Ok(arr.iter().map(|a| (a.span(), a.get_ref())).collect())
+    }
+    let id = |name: &str, span: Range<usize>, item: &DeValue, user: bool| -> Result<u32> {
+        let what = if user { "user" } else { "group" };
+        let found = match item {
+            DeValue::Integer(i) => i.as_str().parse::<u32>().ok().filter(|n| {
+                if user {
+                    uzers::get_user_by_uid(*n).is_some()
+                } else {
+                    uzers::get_group_by_gid(*n).is_some()
+                }
+            }),
+            DeValue::String(s) if user => uzers::get_user_by_name(s.as_ref()).map(|u| u.uid()),
+            DeValue::String(s) => uzers::get_group_by_name(s.as_ref()).map(|g| g.gid()),
+            _ => {
+                return Err(cx.err(
+                    span,
+                    format!("`{name}` holds {what} names or numbers"),
+                    None,
+                ))
+            }
+        };
+        found.ok_or_else(|| cx.err(span, format!("no such {what} on this machine"), None))
+    };
+    for (k, val) in t.iter() {
+        match k.get_ref().as_ref() {
+            "uids" => {
+                for (span, item) in items(cx, "uids", val)? {
+                    allow.uids.push(id("uids", span, item, true)?);
+                }
+            }
+            "gids" => {
+                for (span, item) in items(cx, "gids", val)? {
+                    allow.gids.push(id("gids", span, item, false)?);
+                }
+            }
+            "exe" => {
+                for (span, item) in items(cx, "exe", val)? {
+                    match item {
+                        DeValue::String(s) if Path::new(s.as_ref()).is_absolute() => {
+                            // `/proc/<pid>/exe` names the resolved file: resolve a link like `/usr/bin/python3`.
+                            let p = PathBuf::from(s.as_ref());
+                            allow.exe.push(std::fs::canonicalize(&p).unwrap_or(p));
+                        }
+                        _ => return Err(cx.err(span, "`exe` holds absolute paths", None)),
+                    }
+                }
+            }
+            "units" => {
+                for (span, item) in items(cx, "units", val)? {
+                    match item {
+                        DeValue::String(s) if !s.is_empty() && !s.contains('/') => {
+                            allow.units.push(s.to_string())
+                        }
+                        _ => {
+                            return Err(cx.err(
+                                span,
+                                "`units` holds systemd unit names, like \"backup.service\"",
+                                None,
+                            ))
+                        }
+                    }
+                }
+            }
+            _ => return Err(cx.unknown_key(k, &["uids", "gids", "exe", "units"], "`allow`")),
+        }
+    }
+    Ok(allow)
+}
+
 /// `dpop = true | false | "optional"`, or `{ key = "generated" | { file = ... }, alg = "ES256", optional = bool }`.
 pub(super) fn p_dpop(cx: &Ctx, key: &str, v: &Val) -> Result<Dpop> {
     let mode_of = |optional: bool| {

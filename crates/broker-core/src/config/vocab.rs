@@ -455,6 +455,8 @@ fields! {
     username: String => p_str [= DEFAULT_USERNAME.to_owned()],
     /// A token file the daemon keeps fresh.
     sink: Sink => p_sink [],
+    /// Who may ask the daemon or the proxy for this profile's token.
+    allow: crate::caller::Allow => p_allow [],
     /// Sender-constrained tokens (RFC 9449): `true`, `"optional"`, or `{ key, alg, optional }`.
     dpop: Dpop => p_dpop [= Dpop::default()],
 }
@@ -502,6 +504,7 @@ shown_by! {
     TokenSource => TokenSource::describe,
     BTreeMap<String, String> => |v: &BTreeMap<String, String>| if v.is_empty() { "-".to_owned() } else { format!("{v:?}") },
     Vec<String> => |v: &Vec<String>| if v.is_empty() { "-".to_owned() } else { v.join(", ") },
+    crate::caller::Allow => crate::caller::Allow::describe,
     Dpop => |v: &Dpop| match (v.mode, &v.key) {
         (DpopMode::Off, _) => "off".to_owned(),
         (m, k) => format!(
