@@ -66,6 +66,11 @@ pub enum Command {
     /// Manage the token cache.
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
+    /// Read the audit log of the daemon and the proxy: a table on a terminal, JSON lines in a pipe.
+    #[command(
+        after_help = "Examples:\n  broker audit --since 1h\n  broker audit --profile ion-prod --follow | jq .caller"
+    )]
+    Audit(commands::audit::Args),
     /// Store or delete a profile's `{ keyring = "service/account" }` secret (read without echo, never from argv).
     #[command(subcommand)]
     Secret(commands::secret::SecretCommand),
@@ -198,6 +203,7 @@ pub fn run() -> ExitCode {
         Command::Check => commands::check::run(&g),
         Command::Inspect(args) => commands::inspect::run(&g, args),
         Command::Cache(c) => commands::cache::run(&g, c),
+        Command::Audit(args) => commands::audit::run(args),
         Command::Secret(c) => commands::secret::run(&g, c),
         Command::Exec(args) => commands::exec::run(&g, args),
         Command::Curl(args) => commands::curl::run(&g, args),

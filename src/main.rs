@@ -1,5 +1,6 @@
 //! `broker`: OAuth2 client-credentials tokens for any API, cached and shared.
 
+mod audit;
 mod caller;
 mod cli;
 mod commands;

@@ -203,6 +203,8 @@ pub(crate) fn refused_by_rule(
     ))
 }
 
+/// A token request, recorded in the audit log (docs/reference.md §11): with `mode = "required"`, a request whose
+/// line cannot be taken is answered 503 instead.
 async fn serve(
     daemon: Arc<Daemon>,
     profile: String,
@@ -210,6 +212,57 @@ async fn serve(
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
     with_proof: bool,
 ) -> Response {
+    let unrecorded = || {
+        error_response(
+            &Error::unavailable(
+                "the audit log cannot be written, and this daemon's [audit] mode is required",
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+    };
+    if daemon.audit.refuses() {
+        // Its line is still tried: a log that can be written again ends the refusals.
+        daemon.audit.record(&crate::audit::Record {
+            kind: "daemon",
+            profile: &profile,
+            caller: peer.as_deref().map(crate::caller::Peer::caller),
+            outcome: "unrecorded",
+            token: None,
+            upstream: None,
+        });
+        return unrecorded();
+    }
+    let (resp, outcome, token) =
+        answer(&daemon, &profile, peer.as_deref(), query, with_proof).await;
+    if daemon.audit.enabled() {
+        let taken = daemon.audit.record(&crate::audit::Record {
+            kind: "daemon",
+            profile: &profile,
+            caller: peer.as_deref().map(crate::caller::Peer::caller),
+            outcome,
+            token: token.as_deref(),
+            upstream: None,
+        });
+        if !taken && daemon.audit.required() {
+            return unrecorded();
+        }
+    }
+    resp
+}
+
+/// The answer to a token request, the outcome the audit log records, and the token served.
+async fn answer(
+    daemon: &Daemon,
+    profile: &str,
+    peer: Option<&crate::caller::Peer>,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    with_proof: bool,
+) -> (
+    Response,
+    &'static str,
+    Option<Arc<broker_core::AccessToken>>,
+) {
+    let profile = profile.to_owned();
     let loaded = daemon.loaded();
     let m = &daemon.metrics;
     // Metric series only for configured profiles: a name from the request must not grow memory.
@@ -221,10 +274,8 @@ async fn serve(
     };
     let Ok(Query(q)) = query else {
         m.request(label, "usage");
-        return error_response(
-            &Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>"),
-            StatusCode::BAD_REQUEST,
-        );
+        let e = Error::usage("bad query: use min_ttl=<duration>&force_refresh=<bool>");
+        return (error_response(&e, StatusCode::BAD_REQUEST), "usage", None);
     };
     let asked_for = match (with_proof, &q.htm, &q.htu) {
         (false, _, _) => None,
@@ -233,12 +284,10 @@ async fn serve(
         }
         (true, ..) => {
             m.request(label, "usage");
-            return error_response(
-                &Error::usage(
-                    "a proof is for one request: use htm=<METHOD>&htu=<URL>[&nonce=<nonce>]",
-                ),
-                StatusCode::BAD_REQUEST,
+            let e = Error::usage(
+                "a proof is for one request: use htm=<METHOD>&htu=<URL>[&nonce=<nonce>]",
             );
+            return (error_response(&e, StatusCode::BAD_REQUEST), "usage", None);
         }
     };
     let min_ttl = match q
@@ -249,24 +298,24 @@ async fn serve(
     {
         Ok(d) => d,
         Err(e) => {
-            return error_response(
-                &Error::usage(format!("min_ttl: {e}")),
-                StatusCode::BAD_REQUEST,
-            )
+            let e = Error::usage(format!("min_ttl: {e}"));
+            return (error_response(&e, StatusCode::BAD_REQUEST), "usage", None);
         }
     };
     if !known {
         m.request(label, "unknown_profile");
         let names: Vec<&str> = loaded.names.iter().map(String::as_str).collect();
-        return error_response(
-            &broker_core::error::unknown_profile(&profile, &names, &[]),
-            StatusCode::NOT_FOUND,
+        let e = broker_core::error::unknown_profile(&profile, &names, &[]);
+        return (
+            error_response(&e, StatusCode::NOT_FOUND),
+            "unknown_profile",
+            None,
         );
     }
     let rule = loaded.settings.get(&profile).and_then(|s| s.allow.as_ref());
-    if let Some((e, _)) = refused_by_rule(&profile, rule, peer.as_deref()) {
+    if let Some((e, _)) = refused_by_rule(&profile, rule, peer) {
         m.request(&profile, "refused");
-        return error_response(&e, StatusCode::FORBIDDEN);
+        return (error_response(&e, StatusCode::FORBIDDEN), "refused", None);
     }
     let req = TokenRequest {
         min_ttl,
@@ -276,9 +325,14 @@ async fn serve(
     let asked = SystemTime::now();
     let result = loaded.broker.token(&profile, &req).await;
     let now = SystemTime::now();
+    let mut outcome = "fetched";
     if let Ok(t) = &result {
         // A hit: the token was not fetched for this request.
-        m.served(&profile, t.obtained_at() < asked, t.remaining(now));
+        let hit = t.obtained_at() < asked;
+        m.served(&profile, hit, t.remaining(now));
+        if hit {
+            outcome = "hit";
+        }
     }
     match (result, loaded.settings.get(&profile)) {
         (Ok(t), Some(settings)) => {
@@ -293,9 +347,15 @@ async fn serve(
                 .transpose()
             {
                 Ok(p) => p.flatten(),
-                Err(e) => return error_response(&e, status_of(e.kind())),
+                Err(e) => {
+                    return (
+                        error_response(&e, status_of(e.kind())),
+                        e.kind().as_str(),
+                        None,
+                    )
+                }
             };
-            match output::render(
+            let resp = match output::render(
                 Format::Json,
                 &settings.shown,
                 &t,
@@ -305,15 +365,24 @@ async fn serve(
             ) {
                 Ok(body) => ([("content-type", "application/json")], body).into_response(),
                 Err(e) => error_response(&e, StatusCode::INTERNAL_SERVER_ERROR),
-            }
+            };
+            (resp, outcome, Some(t))
         }
-        (Ok(_), None) => error_response(
-            &Error::internal("profile without settings"),
-            StatusCode::INTERNAL_SERVER_ERROR,
+        (Ok(_), None) => (
+            error_response(
+                &Error::internal("profile without settings"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            "internal",
+            None,
         ),
         (Err(e), _) => {
             m.request(&profile, e.kind().as_str());
-            error_response(&e, status_of(e.kind()))
+            (
+                error_response(&e, status_of(e.kind())),
+                e.kind().as_str(),
+                None,
+            )
         }
     }
 }
@@ -351,6 +420,15 @@ pub(super) async fn profiles(State(daemon): State<Arc<Daemon>>) -> Json<serde_js
 
 pub(super) async fn metrics_text(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
     let mut text = daemon.metrics.render();
+    if daemon.audit.enabled() {
+        text.push_str(&format!(
+            "# HELP broker_audit_up Whether the audit log's last write succeeded.\n# TYPE broker_audit_up gauge\n\
+             broker_audit_up {}\n# HELP broker_audit_dropped_total Audit lines dropped because the writer fell \
+             behind.\n# TYPE broker_audit_dropped_total counter\nbroker_audit_dropped_total {}\n",
+            u8::from(!daemon.audit.failing()),
+            daemon.audit.dropped()
+        ));
+    }
     if let Some(shared) = daemon.loaded().broker.shared_cache() {
         super::metrics::render_shared(&mut text, shared.stats());
     }

@@ -71,6 +71,8 @@ struct Loaded {
     /// `[proxy]`: what the proxy serves from this configuration, and the table itself (its listeners are started
     /// once, from the configuration the daemon started with).
     proxy: Option<(broker_core::config::ProxyDef, Arc<crate::proxy::Routes>)>,
+    /// `[audit]` (read once, when the daemon starts).
+    audit: broker_core::config::AuditDef,
 }
 
 /// What the daemon keeps per profile beside the broker's own state.
@@ -100,6 +102,10 @@ impl From<&Settings> for Served {
 struct Daemon {
     loaded: RwLock<Arc<Loaded>>,
     metrics: Arc<Metrics>,
+    /// The audit log, started from the configuration the daemon started with.
+    audit: Arc<crate::audit::Audit>,
+    /// The broker's observer: the metrics, and the audit log of fetches.
+    observer: Arc<dyn broker_core::Observer>,
     allowed_uids: Vec<u32>,
     idle_after: Duration,
     /// Profiles being refreshed in the background.
@@ -125,9 +131,12 @@ impl Daemon {
     }
 }
 
-fn load(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Error> {
+fn load(
+    config_flag: Option<&Path>,
+    observer: &Arc<dyn broker_core::Observer>,
+) -> Result<Loaded, Error> {
     let started = std::time::Instant::now();
-    let loaded = load_config(config_flag, metrics);
+    let loaded = load_config(config_flag, observer);
     // The parse of a large config (the TOML tree, every profile's layers) is freed by now, but glibc keeps freed pages
     // that live data sits above; give them back, so the daemon's resident size is what it holds (scripts/bench-daemon).
     release_freed_memory();
@@ -156,13 +165,16 @@ fn release_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_freed_memory() {}
 
-fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loaded, Error> {
+fn load_config(
+    config_flag: Option<&Path>,
+    observer: &Arc<dyn broker_core::Observer>,
+) -> Result<Loaded, Error> {
     let config = Config::load(&context::load_options_for(config_flag))?;
     if let Some(warning) = config.shared_cache().and_then(|d| d.cleartext_password()) {
         tracing::warn!("{warning}");
     }
     let mut settings = HashMap::new();
-    let mut b = context::with_shared_cache(Broker::builder(), &config)?.observer(metrics.clone());
+    let mut b = context::with_shared_cache(Broker::builder(), &config)?.observer(observer.clone());
     // Each profile resolved once: its `Served` record and its provider come from the same settings.
     for name in config.profile_names() {
         match config.resolve(name, &Default::default()) {
@@ -196,6 +208,7 @@ fn load_config(config_flag: Option<&Path>, metrics: &Arc<Metrics>) -> Result<Loa
         fingerprint: HeaderValue::from_str(config.fingerprint())
             .map_err(|_| Error::internal("the config fingerprint is not a header value"))?,
         settings,
+        audit: config.audit(),
     })
 }
 
@@ -235,9 +248,19 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         .map_err(|e| Error::internal(format!("cannot chmod {}: {e}", socket.display())))?;
 
     let metrics = Arc::new(Metrics::default());
+    let audit_cell = Arc::new(std::sync::OnceLock::new());
+    let observer: Arc<dyn broker_core::Observer> = Arc::new(crate::audit::Fetches {
+        audit: audit_cell.clone(),
+        next: metrics.clone(),
+    });
+    let loaded = load(g.config.as_deref(), &observer)?;
+    let audit = crate::audit::Audit::start(&loaded.audit)?;
+    let _ = audit_cell.set(audit.clone());
     let daemon = Arc::new(Daemon {
-        loaded: RwLock::new(Arc::new(load(g.config.as_deref(), &metrics)?)),
+        loaded: RwLock::new(Arc::new(loaded)),
         metrics,
+        audit,
+        observer,
         allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
             .chain(args.allow_uid.iter().copied())
             .collect(),
@@ -321,6 +344,7 @@ async fn run_listeners(
                 retry_body_limit: def.retry_body_limit,
                 metrics: daemon.metrics.clone(),
                 allowed_uids: daemon.allowed_uids.clone(),
+                audit: daemon.audit.clone(),
             };
             Some(
                 crate::proxy::start(Arc::new(proxy), def.listen, def.socket, limits, stop_rx)
@@ -347,7 +371,7 @@ async fn reload_on_hup(daemon: Arc<Daemon>, config: Option<PathBuf>) {
         return;
     };
     while hup.recv().await.is_some() {
-        match load(config.as_deref(), &daemon.metrics) {
+        match load(config.as_deref(), &daemon.observer) {
             Ok(l) => {
                 *daemon.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(l);
                 let sinks: Vec<String> = daemon

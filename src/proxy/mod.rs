@@ -88,6 +88,8 @@ pub struct Proxy {
     pub retry_body_limit: usize,
     pub metrics: Arc<Metrics>,
     pub allowed_uids: Vec<u32>,
+    /// Where each request is recorded (docs/reference.md §11).
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Who a connection is.
@@ -117,7 +119,12 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
 async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
     let config = context::load(g)?;
     let metrics = Arc::new(Metrics::default());
-    let broker = Arc::new(context::broker_all(&config, Some(metrics.clone()))?);
+    let audit = crate::audit::Audit::start(&config.audit())?;
+    let observer = crate::audit::Fetches {
+        audit: Arc::new(std::sync::OnceLock::from(audit.clone())),
+        next: metrics.clone(),
+    };
+    let broker = Arc::new(context::broker_all(&config, Some(Arc::new(observer)))?);
     let routes = Routes::build(
         &config,
         broker,
@@ -131,6 +138,7 @@ async fn serve(g: &Globals, args: &Args) -> Result<(), Error> {
         allowed_uids: std::iter::once(rustix::process::geteuid().as_raw())
             .chain(args.allow_uid.iter().copied())
             .collect(),
+        audit,
     });
     listen::raise_open_file_limit();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -247,18 +255,48 @@ impl Proxy {
             );
         }
         let rule = routes.routes.get(profile).and_then(|r| r.allow.as_ref());
+        let record = |outcome: &str, token: Option<&AccessToken>| {
+            if !self.audit.enabled() {
+                return true;
+            }
+            let taken = self.audit.record(&crate::audit::Record {
+                kind: "proxy",
+                profile,
+                caller: Some(peer.caller()),
+                outcome,
+                token,
+                upstream: None,
+            });
+            taken || !self.audit.required()
+        };
+        let unrecorded = || {
+            let e = Error::unavailable(
+                "the audit log cannot be written, and the [audit] mode is required",
+            );
+            crate::daemon::error_response(&e, StatusCode::SERVICE_UNAVAILABLE)
+        };
+        if self.audit.refuses() {
+            // Its line is still tried: a log that can be written again ends the refusals.
+            record("unrecorded", None);
+            return unrecorded();
+        }
         if let Some((e, _)) = crate::daemon::refused_by_rule(profile, rule, Some(&peer)) {
             self.metrics
                 .proxied(profile, "refused", false, Duration::ZERO);
+            record("refused", None);
             return crate::daemon::error_response(&e, StatusCode::FORBIDDEN);
         }
         let logged = tracing::enabled!(target: "broker::access", tracing::Level::INFO)
             .then(|| forward::logged(&req));
         let started = Instant::now();
+        let mut used = None;
         let (answer, class, retried) = self
-            .forward(&routes, profile, (rest, uri.query()), req)
+            .forward(&routes, profile, (rest, uri.query()), req, &mut used)
             .await;
         self.backing.used(profile);
+        if !record(class, used.as_deref()) {
+            return unrecorded();
+        }
         self.metrics
             .proxied(profile, class, retried, started.elapsed());
         if let Some(logged) = logged {
@@ -280,13 +318,15 @@ impl Proxy {
         }
     }
 
-    /// Forwards one request: the answer, its status class for the metrics, and whether it was sent again.
+    /// Forwards one request: the answer, its status class for the metrics, and whether it was sent again; `used`
+    /// gets the token it was (last) sent with.
     async fn forward(
         &self,
         routes: &Routes,
         profile: &str,
         (path, query): (&str, Option<&str>),
         req: Request<Incoming>,
+        used: &mut Option<Arc<AccessToken>>,
     ) -> (Answer, &'static str, bool) {
         let Some(route) = routes.routes.get(profile) else {
             return (
@@ -327,6 +367,7 @@ impl Proxy {
             Ok(t) => t,
             Err(e) => return (Answer::Own(token_failure(&e)), e.kind().as_str(), false),
         };
+        *used = Some(token.clone());
         let (body, again) = body.send();
         let method = &parts.method;
         let signed =
@@ -351,6 +392,7 @@ impl Proxy {
                     if let Ok(p) = signed(&url, &new) {
                         answer = send(route, method, url, to_send(), again.into(), &new, p).await;
                         retried = true;
+                        *used = Some(new);
                     }
                 }
             }

@@ -47,6 +47,8 @@ mod daemon;
 mod daemon_refresh;
 // The daemon's bounds: connection floods, the key check, unknown names, --socket and --listen.
 mod daemon_limits;
+// The audit log: a line per request and fetch, rotation, a full disk, `broker audit`.
+mod audit;
 // Per-profile caller rules in the daemon and the proxy: other uids, executables, a reused pid.
 mod caller_rules;
 // DPoP (RFC 9449) against oidc-provider and a resource server that verifies every proof.

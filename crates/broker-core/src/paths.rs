@@ -41,6 +41,11 @@ pub fn cache_dir() -> Option<PathBuf> {
     xdg("XDG_CACHE_HOME", ".cache").map(|p| p.join("broker"))
 }
 
+/// `$XDG_STATE_HOME/broker`, else `~/.local/state/broker`: the audit log.
+pub fn state_dir() -> Option<PathBuf> {
+    xdg("XDG_STATE_HOME", ".local/state").map(|p| p.join("broker"))
+}
+
 /// `$XDG_RUNTIME_DIR/broker`, else `cache_dir()/run`. Never `/tmp`.
 pub fn runtime_dir() -> Option<PathBuf> {
     match std::env::var_os("XDG_RUNTIME_DIR") {

@@ -97,8 +97,7 @@ pub(super) fn parse_config_file(
     file: &Arc<SourceFile>,
     defaults: &mut Fields,
     profiles: &mut BTreeMap<String, ProfileDef>,
-    shared_cache: &mut Option<SharedCacheDef>,
-    proxy: &mut Option<ProxyDef>,
+    tables: &mut Tables,
 ) -> Result<bool> {
     let doc = parse_toml(file)?;
     let cx = Ctx {
@@ -156,12 +155,31 @@ pub(super) fn parse_config_file(
                     profiles.insert(p.name.clone(), p);
                 }
             }
-            "shared_cache" => *shared_cache = Some(p_shared_cache(&cx, v)?),
-            "proxy" => *proxy = Some(p_proxy(&cx, v)?),
+            "shared_cache" => tables.shared_cache = Some(p_shared_cache(&cx, v)?),
+            "proxy" => tables.proxy = Some(p_proxy(&cx, v)?),
+            "audit" => tables.audit = Some(p_audit(&cx, v)?),
+            "cache_encryption" => {
+                tables.cache_encryption = Some(p_choice(
+                    &cx,
+                    "cache_encryption",
+                    v,
+                    &[
+                        ("keyring", CacheEncryption::Keyring),
+                        ("off", CacheEncryption::Off),
+                    ],
+                )?)
+            }
             _ => {
                 return Err(cx.unknown_key(
                     k,
-                    &["defaults", "profiles", "shared_cache", "proxy"],
+                    &[
+                        "defaults",
+                        "profiles",
+                        "shared_cache",
+                        "proxy",
+                        "audit",
+                        "cache_encryption",
+                    ],
                     "the config file",
                 ))
             }
@@ -342,8 +360,7 @@ impl Config {
                     file,
                     &mut config.defaults,
                     &mut config.profiles,
-                    &mut config.shared_cache,
-                    &mut config.proxy,
+                    &mut config.tables,
                 )?
             };
             if literal {
@@ -373,12 +390,24 @@ impl Config {
 
     /// The `[shared_cache]` table, if the config file has one (docs/reference.md §9).
     pub fn shared_cache(&self) -> Option<&SharedCacheDef> {
-        self.shared_cache.as_ref()
+        self.tables.shared_cache.as_ref()
     }
 
     /// The `[proxy]` table, if the config file has one: `broker daemon` serves the proxy too.
     pub fn proxy(&self) -> Option<&ProxyDef> {
-        self.proxy.as_ref()
+        self.tables.proxy.as_ref()
+    }
+
+    /// The `[audit]` table, or its defaults (docs/reference.md §11).
+    pub fn audit(&self) -> AuditDef {
+        self.tables.audit.clone().unwrap_or_default()
+    }
+
+    /// `cache_encryption`: `keyring` unless the config file says `off` (docs/reference.md §11).
+    pub fn cache_encryption(&self) -> CacheEncryption {
+        self.tables
+            .cache_encryption
+            .unwrap_or(CacheEncryption::Keyring)
     }
 
     /// A hash of the loaded files' names and contents.

@@ -147,8 +147,7 @@ pub struct Config {
     providers: BTreeMap<String, ProviderDef>,
     defaults: Fields,
     profiles: BTreeMap<String, ProfileDef>,
-    shared_cache: Option<SharedCacheDef>,
-    proxy: Option<ProxyDef>,
+    tables: Tables,
     files: Vec<String>,
     fingerprint: String,
 }

@@ -1,5 +1,6 @@
 //! The `[shared_cache]` table (docs/reference.md §9), and how its URL is shown: never with its password; the
-//! `[proxy]` table, which starts `broker proxy`'s listeners inside `broker daemon`.
+//! `[proxy]` table, which starts `broker proxy`'s listeners inside `broker daemon`; the `[audit]` table; and
+//! `cache_encryption`.
 
 use super::*;
 
@@ -53,6 +54,68 @@ pub struct ProxyDef {
     pub retry_body_limit: usize,
     /// How long the upstream may take to connect and stay silent; default 60 s.
     pub upstream_timeout: Duration,
+}
+
+/// The config file's tables and keys beside `[defaults]` and `[profiles]`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Tables {
+    pub(super) shared_cache: Option<SharedCacheDef>,
+    pub(super) proxy: Option<ProxyDef>,
+    pub(super) audit: Option<AuditDef>,
+    pub(super) cache_encryption: Option<CacheEncryption>,
+}
+
+/// The `[audit]` table (docs/reference.md §11): what the daemon and the proxy record of each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDef {
+    /// On (default), off, or required (a request whose line cannot be written is refused).
+    pub mode: AuditMode,
+    /// Where lines go: a file in the state directory (default), or a syslog socket.
+    pub sink: AuditSink,
+    /// A file is rotated when it would grow past this many bytes; default 10 MiB.
+    pub max_size: u64,
+    /// Rotated files kept besides the current one; default 5.
+    pub keep: usize,
+}
+
+impl Default for AuditDef {
+    fn default() -> Self {
+        AuditDef {
+            mode: AuditMode::On,
+            sink: AuditSink::File,
+            max_size: 10 << 20,
+            keep: 5,
+        }
+    }
+}
+
+/// Whether requests are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditMode {
+    /// Not recorded.
+    Off,
+    /// Recorded; when the log cannot be written, the daemon says so once and goes on serving.
+    On,
+    /// Recorded; when the log cannot take a request's line, the request is refused.
+    Required,
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// `audit.log` in the state directory, 0600.
+    File,
+    /// A syslog datagram socket (journald reads `/dev/log`).
+    Syslog(PathBuf),
+}
+
+/// `cache_encryption` (docs/reference.md §11): whether disk cache entries are sealed under a key in the keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEncryption {
+    /// Sealed under a key kept in the kernel or OS keyring (default).
+    Keyring,
+    /// Plain JSON, for hosts with no keyring.
+    Off,
 }
 
 /// A Redis URL with its password replaced by `***`; a URL that does not parse is shown as `(unparsable URL)`,

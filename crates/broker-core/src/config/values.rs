@@ -509,6 +509,57 @@ pub(super) fn p_proxy(cx: &Ctx, v: &Val) -> Result<ProxyDef> {
     Ok(def)
 }
 
+/// `[audit]`: `mode` (`on`, `off`, `required`), `to` (`file`, `syslog`), `syslog_socket`, `max_size` (bytes),
+/// `keep`.
+pub(super) fn p_audit(cx: &Ctx, v: &Val) -> Result<AuditDef> {
+    let t = cx.table("audit", v)?;
+    let mut def = AuditDef::default();
+    let mut to_syslog = false;
+    let mut socket = PathBuf::from("/dev/log");
+    let number = |key: &str, val: &Val| -> Result<u64> {
+        match val.get_ref() {
+            DeValue::Integer(i) => i.as_str().parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| cx.wrong_type(key, val, "a positive number"))
+    };
+    for (k, val) in t.iter() {
+        match k.get_ref().as_ref() {
+            "mode" => {
+                def.mode = p_choice(
+                    cx,
+                    "mode",
+                    val,
+                    &[
+                        ("on", AuditMode::On),
+                        ("off", AuditMode::Off),
+                        ("required", AuditMode::Required),
+                    ],
+                )?
+            }
+            "to" => to_syslog = p_choice(cx, "to", val, &[("file", false), ("syslog", true)])?,
+            "syslog_socket" => socket = p_path(cx, "syslog_socket", val)?,
+            "max_size" => def.max_size = number("max_size", val)?.max(4096),
+            "keep" => {
+                def.keep = usize::try_from(number("keep", val)?)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, 100)
+            }
+            _ => {
+                return Err(cx.unknown_key(
+                    k,
+                    &["mode", "to", "syslog_socket", "max_size", "keep"],
+                    "[audit]",
+                ))
+            }
+        }
+    }
+    if to_syslog {
+        def.sink = AuditSink::Syslog(socket);
+    }
+    Ok(def)
+}
+
 /// `[shared_cache]`: `url` (`redis://`, `rediss://`, `redis+unix://`), `key` (a secret source), `prefix`.
 pub(super) fn p_shared_cache(cx: &Ctx, v: &Val) -> Result<SharedCacheDef> {
     let t = cx.table("shared_cache", v)?;
