@@ -49,7 +49,9 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// A broker over the user's disk cache serving `settings`, and the profiles whose tokens it exchanges (a
 /// `{ profile = ... }` subject or actor token, and theirs in turn), reporting retries to the status line.
 pub fn broker_for(config: &Config, settings: Settings) -> Result<Broker> {
-    let mut b = with_shared_cache(Broker::builder(), config)?.observer(crate::feedback::get());
+    let mut b = with_shared_cache(Broker::builder(), config)?
+        .observer(crate::feedback::get())
+        .cache_encryption(config.cache_encryption());
     let mut wanted: Vec<String> = settings.profile_tokens().map(str::to_owned).collect();
     let mut seen = vec![settings.profile().to_owned()];
     b = b.settings(settings);

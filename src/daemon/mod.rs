@@ -174,7 +174,9 @@ fn load_config(
         tracing::warn!("{warning}");
     }
     let mut settings = HashMap::new();
-    let mut b = context::with_shared_cache(Broker::builder(), &config)?.observer(observer.clone());
+    let mut b = context::with_shared_cache(Broker::builder(), &config)?
+        .observer(observer.clone())
+        .cache_encryption(config.cache_encryption());
     // Each profile resolved once: its `Served` record and its provider come from the same settings.
     for name in config.profile_names() {
         match config.resolve(name, &Default::default()) {

@@ -128,7 +128,7 @@ fn oauth2_kind_discovers_the_token_endpoint_from_the_issuer() -> TestResult {
     ));
     home.run(["token", "disc"]).success();
     assert_eq!(idp.issued(), 1);
-    let entry = std::fs::read_to_string(&home.cache_entries()[0])?;
+    let entry = home.entry_text(&home.cache_entries()[0]);
     assert!(
         entry.contains("/realms/api-keys/protocol/openid-connect/token"),
         "the discovered endpoint is cached: {entry}"

@@ -94,8 +94,19 @@ impl Home {
     pub fn cached_tokens(&self) -> usize {
         self.cache_entries()
             .iter()
-            .filter(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("\"access_token\"")))
+            .filter(|p| self.entry_text(p).contains("\"access_token\""))
             .count()
+    }
+
+    /// The text of a cache entry, opened as the broker opens it (entries are sealed under the user's cache key,
+    /// bound to their directory); empty when it does not open.
+    pub fn entry_text(&self, path: &Path) -> String {
+        broker_core::cache::DiskCache::new(self.cache_dir())
+            .entry_text(path)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Cache entry files (`<hex>.json`).

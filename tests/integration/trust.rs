@@ -185,8 +185,9 @@ async fn an_endpoint_remembered_in_the_cache_gets_no_secret_unless_the_config_le
     let evil = idp("evil-token").await;
     let home = Home::new();
     // A Keycloak profile, whose cache entry may remember the layout that worked.
+    // Plain entries, so the test can write what a hostile writer would (a sealed one opens only if the broker wrote it).
     home.config(&format!(
-        "[profiles.p]\nkind = \"keycloak\"\nauth_server = \"{}\"\nrealm = \"r\"\nclient_id = \"id\"\nclient_secret = {SECRET:?}\nretry = \"0s\"\n",
+        "cache_encryption = \"off\"\n[profiles.p]\nkind = \"keycloak\"\nauth_server = \"{}\"\nrealm = \"r\"\nclient_id = \"id\"\nclient_secret = {SECRET:?}\nretry = \"0s\"\n",
         real.uri()
     ));
     home.run(["token", "p"]).success();
@@ -359,8 +360,7 @@ async fn huge_retry_after_values_saturate_and_cool_downs_are_capped() {
         r.code(5);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
         let entry = home.cache_entries().pop().expect("no cool-down stored");
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&entry).unwrap_or_default()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&home.entry_text(&entry)).unwrap();
         let until = v["cooldown_until_ms"].as_u64().unwrap_or(u64::MAX) / 1000;
         let longest = if cap.is_empty() { 3600 } else { 600 };
         assert!(
@@ -394,8 +394,7 @@ async fn provider_text_is_escaped_cut_and_never_shows_the_secret() {
     profile(&home, &format!("{}/token", server.uri()), "");
     let first = home.run(["token", "p"]);
     let second = home.run(["token", "p", "--format", "json"]); // from the stored cool-down
-    let stored = std::fs::read_to_string(home.cache_entries().pop().expect("no cool-down stored"))
-        .unwrap_or_default();
+    let stored = home.entry_text(&home.cache_entries().pop().expect("no cool-down stored"));
     for (what, text) in [
         ("stderr", &first.stderr),
         ("json stderr", &second.stderr),

@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -163,10 +164,24 @@ pub fn encode_entry(entry: &Entry, profile: &str) -> Vec<u8> {
 }
 
 /// The disk cache directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiskCache {
     dir: PathBuf,
+    /// Entries sealed under a key in the keyring (default), or plain (`cache_encryption = "off"`).
+    sealing: Option<Arc<OnceLock<crate::seal::Cipher>>>,
 }
+
+impl std::fmt::Debug for DiskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskCache")
+            .field("dir", &self.dir)
+            .field("sealed", &self.sealing.is_some())
+            .finish()
+    }
+}
+
+/// What a sealed entry file starts with, before the nonce and the ciphertext.
+const SEALED: &[u8] = b"broker-sealed-v1\n";
 
 /// Holds the cross-process lock of one key until dropped.
 #[derive(Debug)]
@@ -196,9 +211,74 @@ fn trusted(file: &File) -> Result<u64, String> {
 }
 
 impl DiskCache {
-    /// A cache in `dir`. Nothing is touched until the first read, write or lock.
+    /// A cache in `dir`, its entries sealed under a key kept in the keyring (docs/reference.md §11). Nothing is
+    /// touched until the first read, write or lock.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DiskCache { dir: dir.into() }
+        DiskCache {
+            dir: dir.into(),
+            sealing: Some(Arc::default()),
+        }
+    }
+
+    /// Seals entries (`Keyring`, the default) or writes them plain (`Off`, for hosts with no keyring).
+    pub fn with_encryption(mut self, mode: crate::config::CacheEncryption) -> Self {
+        self.sealing = match mode {
+            crate::config::CacheEncryption::Keyring => Some(Arc::default()),
+            crate::config::CacheEncryption::Off => None,
+        };
+        self
+    }
+
+    /// The cipher of sealed entries: `None` before any key exists when not `create`-ing one.
+    fn cipher(&self, create: bool) -> Result<Option<&crate::seal::Cipher>> {
+        let Some(cell) = &self.sealing else {
+            return Ok(None);
+        };
+        if let Some(c) = cell.get() {
+            return Ok(Some(c));
+        }
+        match crate::seal::cache_cipher(create)? {
+            Some(c) => Ok(Some(cell.get_or_init(|| c))),
+            None => Ok(None),
+        }
+    }
+
+    /// What a sealed entry is bound to: this cache's directory and the entry's name, so it opens nowhere else.
+    fn aad(&self, name: &str) -> Vec<u8> {
+        [self.dir.as_os_str().as_encoded_bytes(), b"\0", name.as_bytes()].concat()
+    }
+
+    /// The entry text of a file's `bytes` stored under `name`: opened when sealed under this host's key. `Err` says
+    /// why it cannot be used.
+    fn unseal(&self, name: &str, bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+        let sealed = bytes.strip_prefix(SEALED);
+        match (&self.sealing, sealed) {
+            (None, None) => Ok(bytes),
+            (None, Some(_)) => Err("sealed, and `cache_encryption` is off".into()),
+            (Some(_), None) => Err("not sealed".into()),
+            (Some(_), Some(sealed)) => {
+                let cipher = self
+                    .cipher(false)
+                    .map_err(|e| format!("no cache key: {}", e.message()))?
+                    .ok_or("no cache key in the keyring yet")?;
+                crate::seal::open(cipher, &self.aad(name), sealed)
+                    .ok_or_else(|| "it does not open under this host's cache key".into())
+            }
+        }
+    }
+
+    /// The entry text of the entry file at `path` in this cache (opened when sealed), for inspection.
+    pub fn entry_text(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
+        };
+        Ok(self.unseal(&name, bytes).ok())
     }
 
     /// The directory.
@@ -257,6 +337,14 @@ impl DiskCache {
             tracing::warn!("cannot read cache entry {}: {e}", shown());
             return Ok(None);
         }
+        let bytes = match self.unseal(&Self::entry_name(key), bytes) {
+            Ok(b) => b,
+            Err(why) => {
+                // A copied cache (a backup, another host, an image layer) serves nothing, quietly.
+                tracing::debug!("ignoring cache entry {} ({why}); it will be replaced", shown());
+                return Ok(None);
+            }
+        };
         match decode_entry(&bytes) {
             Ok(e) => Ok(Some(e)),
             Err(why) => {
@@ -324,11 +412,24 @@ impl DiskCache {
             ))
             .with_source(e)
         };
+        let name = Self::entry_name(key);
+        let plain = encode_entry(entry, profile);
+        let bytes = match self.cipher(true).map_err(|e| {
+            e.context("the disk cache is sealed under a key in the keyring, which cannot be used (set \
+                 `cache_encryption = \"off\"` on a host without a keyring)")
+        })? {
+            Some(cipher) => {
+                let sealed = crate::seal::seal(cipher, &self.aad(&name), &plain)
+                    .ok_or_else(|| Error::internal("cannot seal a cache entry"))?;
+                [SEALED, &sealed].concat()
+            }
+            None => plain,
+        };
         crate::paths::write_atomic(
             &dir,
             &format!("{}.tmp", key.hex()),
-            &Self::entry_name(key),
-            &encode_entry(entry, profile),
+            &name,
+            &bytes,
             0o600,
             (None, None),
         )

@@ -69,6 +69,7 @@ pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod seal;
 pub mod secret;
 pub mod token;
 

@@ -10,8 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use crate::seal::Cipher as XChaCha20Poly1305;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -25,8 +24,6 @@ pub const ANSWER_WITHIN: Duration = crate::config::DEFAULT_SHARED_CACHE_TIMEOUT;
 pub const DOWN_FOR: Duration = Duration::from_secs(1);
 /// How often a host waiting for another host's fetch looks for its result.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(20);
-
-const NONCE: usize = 24;
 
 /// Counters for the daemon's metrics.
 #[derive(Debug, Default)]
@@ -102,7 +99,7 @@ fn read_key(source: &crate::secret::SecretSource, position: &str) -> Result<[u8;
 }
 
 fn cipher(key: &[u8; 32]) -> (XChaCha20Poly1305, String) {
-    (XChaCha20Poly1305::new(key.into()), key_fingerprint(key))
+    (crate::seal::cipher(key), key_fingerprint(key))
 }
 
 impl SharedCache {
@@ -188,37 +185,12 @@ impl SharedCache {
 
     /// Seals `plain` with a fresh random nonce, `name` (the Redis key) as associated data: `nonce || ciphertext`.
     fn seal(&self, name: &str, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut nonce = [0u8; NONCE];
-        getrandom::getrandom(&mut nonce).ok()?;
-        let sealed = self
-            .cipher()?
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plain,
-                    aad: name.as_bytes(),
-                },
-            )
-            .ok()?;
-        Some([nonce.as_slice(), &sealed].concat())
+        crate::seal::seal(self.cipher()?, name.as_bytes(), plain)
     }
 
     /// Opens what [`SharedCache::seal`] made under this key and name; `None` for anything else.
     fn open(&self, name: &str, value: &[u8]) -> Option<Vec<u8>> {
-        if value.len() < NONCE {
-            return None;
-        }
-        let (nonce, sealed) = value.split_at(NONCE);
-        let nonce: [u8; NONCE] = nonce.try_into().ok()?;
-        self.cipher()?
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: name.as_bytes(),
-                },
-            )
-            .ok()
+        crate::seal::open(self.cipher()?, name.as_bytes(), value)
     }
 
     /// Runs one command, unless Redis is marked down: `None` when it is, or when the command fails or is late

@@ -9,6 +9,7 @@ pub struct BrokerBuilder {
     clock: Arc<dyn Clock>,
     http: Option<reqwest::Client>,
     disk: Option<PathBuf>,
+    encryption: crate::config::CacheEncryption,
     #[cfg(feature = "shared-cache")]
     shared: Option<Arc<crate::shared::SharedCache>>,
     profiles: Map<String, std::result::Result<Arc<Profile>, Error>>,
@@ -45,6 +46,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Whether disk cache entries are sealed under a key kept in the keyring (the default) or written plain
+    /// (docs/reference.md §11). [`BrokerBuilder::config`] takes it from the config's `cache_encryption`.
+    pub fn cache_encryption(mut self, mode: crate::config::CacheEncryption) -> Self {
+        self.encryption = mode;
+        self
+    }
+
     /// Registers a profile served by `provider`.
     pub fn profile(
         mut self,
@@ -67,6 +75,7 @@ impl BrokerBuilder {
     /// Registers every profile of `config` with the built-in HTTP provider. A profile whose settings do not
     /// resolve is kept as its error, returned when it is asked for, so one broken profile spoils no other.
     pub fn config(mut self, config: &Config, overrides: &Overrides) -> Self {
+        self.encryption = config.cache_encryption();
         for name in config.profile_names() {
             match config.resolve(name, overrides) {
                 Ok(s) => self = self.settings(s),
@@ -115,7 +124,9 @@ impl BrokerBuilder {
         Broker {
             observer: self.observer,
             clock: self.clock,
-            disk: self.disk.map(DiskCache::new),
+            disk: self
+                .disk
+                .map(|d| DiskCache::new(d).with_encryption(self.encryption)),
             #[cfg(feature = "shared-cache")]
             shared: self.shared,
             profiles: self.profiles,
@@ -135,6 +146,7 @@ impl Broker {
             clock: Arc::new(SystemClock),
             http: None,
             disk: None,
+            encryption: crate::config::CacheEncryption::Keyring,
             #[cfg(feature = "shared-cache")]
             shared: None,
             profiles: Map::default(),
