@@ -3,31 +3,35 @@
 //! written by a thread of its own to `audit.log` in the state directory (0600, rotated by size, a bounded number of
 //! files) or to a syslog socket.
 //!
-//! *Invariant: recording never blocks a request: a line goes into a bounded queue or is counted as dropped; no line
-//! holds a token or a secret (a token appears only as its fingerprint). When the log cannot be written the daemon
+//! *Invariant: recording never blocks a request for longer than a copy into a bounded buffer (the writer takes the
+//! whole buffer at once, never writing under its lock): a line goes in, or is counted as dropped; no line holds a
+//! token or a secret (a token appears only as its fingerprint). When the log cannot be written the daemon
 //! says so once and goes on; with `mode = "required"` a request whose line cannot be taken is refused.*
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use broker_core::caller::Caller;
 use broker_core::config::{AuditDef, AuditMode, AuditSink};
 use broker_core::{AccessToken, Error, ErrorKind, Observer};
 
-/// Lines waiting for the writer at most; past this a line is dropped (and counted), never waited for.
-const QUEUE: usize = 16 * 1024;
+/// Bytes waiting for the writer at most; past this a line is dropped (and counted), never waited for.
+const BUFFERED: usize = 8 << 20;
+
+/// The writer wakes at least this often; sooner when a quarter of the buffer is used.
+const WRITE_EVERY: Duration = Duration::from_millis(50);
 
 /// The file's name in the state directory; rotated files add `.1`, `.2`, ...
 pub const FILE: &str = "audit.log";
 
 /// The audit log of a daemon or a proxy.
 pub struct Audit {
-    tx: Option<SyncSender<Vec<u8>>>,
+    /// Lines not yet written, and the writer's wake-up; none when the log is off.
+    pending: Option<Arc<(Mutex<Vec<u8>>, Condvar)>>,
     mode: AuditMode,
     /// The last write succeeded (or none was tried yet).
     healthy: Arc<AtomicBool>,
@@ -52,7 +56,7 @@ impl Audit {
     pub fn start(def: &AuditDef) -> Result<Arc<Audit>, Error> {
         if def.mode == AuditMode::Off {
             return Ok(Arc::new(Audit {
-                tx: None,
+                pending: None,
                 mode: def.mode,
                 healthy: Arc::new(AtomicBool::new(true)),
                 dropped: AtomicU64::new(0),
@@ -69,14 +73,14 @@ impl Audit {
             );
         }
         let healthy = Arc::new(AtomicBool::new(true));
-        let (tx, rx) = sync_channel(QUEUE);
-        let h = healthy.clone();
+        let pending = Arc::new((Mutex::new(Vec::with_capacity(64 << 10)), Condvar::new()));
+        let (h, p) = (healthy.clone(), pending.clone());
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(rx, sink, &h))
+            .spawn(move || write_loop(&p, sink, &h))
             .map_err(|e| Error::internal(format!("cannot start the audit writer: {e}")))?;
         Ok(Arc::new(Audit {
-            tx: Some(tx),
+            pending: Some(pending),
             mode: def.mode,
             healthy,
             dropped: AtomicU64::new(0),
@@ -95,25 +99,35 @@ impl Audit {
 
     /// Whether requests are recorded.
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.pending.is_some()
     }
 
-    /// Queues `r`'s line; `false` when it could not be taken (the queue is full, or the log is not writable).
+    /// Buffers `r`'s line for the writer; `false` when it could not be taken (the buffer is full, or the log is not
+    /// writable).
     pub fn record(&self, r: &Record<'_>) -> bool {
-        let Some(tx) = &self.tx else {
+        let Some(pending) = &self.pending else {
             return true;
         };
-        let mut line = line_of(r, SystemTime::now());
+        let mut line = Vec::with_capacity(256);
+        line_of(&mut line, r, SystemTime::now());
         line.push(b'\n');
-        match tx.try_send(line) {
-            Ok(()) => self.healthy.load(Ordering::Relaxed),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::error!("the audit log is not keeping up: lines are being dropped");
-                }
-                false
+        let (buffer, wake) = &**pending;
+        let mut buf = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() + line.len() > BUFFERED {
+            drop(buf);
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!("the audit log is not keeping up: lines are being dropped");
             }
+            return false;
         }
+        let before = buf.len();
+        buf.extend_from_slice(&line);
+        let crossed = before < BUFFERED / 4 && buf.len() >= BUFFERED / 4;
+        drop(buf);
+        if crossed {
+            wake.notify_one();
+        }
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Whether the last write failed.
@@ -127,39 +141,73 @@ impl Audit {
     }
 }
 
-/// The JSON line of a record (without its newline).
-fn line_of(r: &Record<'_>, now: SystemTime) -> Vec<u8> {
-    let mut v = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(now).to_string(),
-        "kind": r.kind,
-        "profile": r.profile,
-        "outcome": r.outcome,
-    });
+/// Appends the JSON line of a record (without its newline) to `out`.
+fn line_of(out: &mut Vec<u8>, r: &Record<'_>, now: SystemTime) {
+    use std::io::Write as _;
+    let text = |out: &mut Vec<u8>, s: &str| {
+        let _ = serde_json::to_writer(&mut *out, s);
+    };
+    let _ = write!(
+        out,
+        "{{\"time\":\"{}\",\"kind\":",
+        humantime::format_rfc3339_millis(now)
+    );
+    text(out, r.kind);
+    out.extend_from_slice(b",\"profile\":");
+    text(out, r.profile);
+    out.extend_from_slice(b",\"outcome\":");
+    text(out, r.outcome);
     if let Some(c) = r.caller {
-        v["caller"] = serde_json::json!({
-            "uid": c.uid, "gid": c.gid, "pid": c.pid,
-            "exe": c.exe.as_ref().map(|e| e.display().to_string()),
-            "unit": c.unit, "via": c.via,
-        });
+        let num = |out: &mut Vec<u8>, n: Option<u32>| {
+            let _ = match n {
+                Some(n) => write!(out, "{n}"),
+                None => write!(out, "null"),
+            };
+        };
+        out.extend_from_slice(b",\"caller\":{\"uid\":");
+        num(out, c.uid);
+        out.extend_from_slice(b",\"gid\":");
+        num(out, c.gid);
+        out.extend_from_slice(b",\"pid\":");
+        num(out, c.pid);
+        out.extend_from_slice(b",\"exe\":");
+        match &c.exe {
+            Some(e) => text(out, &e.to_string_lossy()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"unit\":");
+        match &c.unit {
+            Some(u) => text(out, u),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"via\":");
+        text(out, c.via);
+        out.push(b'}');
     }
     if let Some(t) = r.token {
-        v["token"] = serde_json::Value::String(t.fingerprint());
+        out.extend_from_slice(b",\"token\":");
+        text(out, &t.fingerprint());
     }
     if let Some(d) = r.upstream {
-        v["upstream_ms"] = serde_json::json!((d.as_secs_f64() * 1e4).round() / 10.0);
+        let _ = write!(out, ",\"upstream_ms\":{:.1}", d.as_secs_f64() * 1e3);
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    out.push(b'}');
 }
 
-fn write_loop(rx: Receiver<Vec<u8>>, mut sink: Sink, healthy: &AtomicBool) {
-    while let Ok(first) = rx.recv() {
-        // What came meanwhile goes in the same write.
-        let mut batch = first;
-        while batch.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+fn write_loop(pending: &(Mutex<Vec<u8>>, Condvar), mut sink: Sink, healthy: &AtomicBool) {
+    let (buffer, wake) = pending;
+    let mut batch = Vec::with_capacity(64 << 10);
+    loop {
+        {
+            let buf = buffer.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut buf, _) = wake
+                .wait_timeout_while(buf, WRITE_EVERY, |b| b.len() < BUFFERED / 4)
+                .unwrap_or_else(|e| e.into_inner());
+            if buf.is_empty() {
+                continue;
             }
+            // Taken whole: the lock is never held across a write.
+            std::mem::swap(&mut *buf, &mut batch);
         }
         match sink.write(&batch) {
             Ok(()) => {
@@ -169,10 +217,13 @@ fn write_loop(rx: Receiver<Vec<u8>>, mut sink: Sink, healthy: &AtomicBool) {
             }
             Err(e) => {
                 if healthy.swap(false, Ordering::Relaxed) {
-                    tracing::error!("cannot write the audit log: {e}; going on without it until it can be written");
+                    tracing::error!(
+                        "cannot write the audit log: {e}; going on without it until it can be written"
+                    );
                 }
             }
         }
+        batch.clear();
     }
 }
 
@@ -387,7 +438,9 @@ mod tests {
             via: "unix socket",
             ..Default::default()
         };
-        let line = line_of(
+        let mut line = Vec::new();
+        line_of(
+            &mut line,
             &Record {
                 kind: "daemon",
                 profile: "p",

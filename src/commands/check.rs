@@ -23,6 +23,38 @@ pub fn run(g: &Globals) -> CmdResult {
         out.push_str(&format!("  {f}\n"));
     }
     let mut failed = 0;
+    out.push_str(&match config.cache_encryption() {
+        broker_core::config::CacheEncryption::Keyring => format!(
+            "\ncache: entries sealed under the key in {} (made on first use)\n",
+            broker_core::seal::cache_key_entry().describe()
+        ),
+        broker_core::config::CacheEncryption::Off => {
+            "\ncache: entries plain (cache_encryption = \"off\")\n".to_owned()
+        }
+    });
+    let audit = config.audit();
+    out.push_str(&match (audit.mode, &audit.sink) {
+        (broker_core::config::AuditMode::Off, _) => "audit: off\n".to_owned(),
+        (mode, sink) => format!(
+            "audit: {}, to {}\n",
+            if mode == broker_core::config::AuditMode::Required {
+                "required"
+            } else {
+                "on"
+            },
+            match sink {
+                broker_core::config::AuditSink::File => format!(
+                    "{} (rotated at {} bytes, {} kept)",
+                    broker_core::paths::state_dir()
+                        .map(|d| d.join(crate::audit::FILE).display().to_string())
+                        .unwrap_or_else(|| "(no state directory)".into()),
+                    audit.max_size,
+                    audit.keep
+                ),
+                broker_core::config::AuditSink::Syslog(p) => format!("syslog at {}", p.display()),
+            }
+        ),
+    });
     if let Some(def) = config.shared_cache() {
         if let Some(warning) = def.cleartext_password() {
             tracing::warn!("{warning}");

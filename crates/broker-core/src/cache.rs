@@ -245,7 +245,12 @@ impl DiskCache {
 
     /// What a sealed entry is bound to: this cache's directory and the entry's name, so it opens nowhere else.
     fn aad(&self, name: &str) -> Vec<u8> {
-        [self.dir.as_os_str().as_encoded_bytes(), b"\0", name.as_bytes()].concat()
+        [
+            self.dir.as_os_str().as_encoded_bytes(),
+            b"\0",
+            name.as_bytes(),
+        ]
+        .concat()
     }
 
     /// The entry text of a file's `bytes` stored under `name`: opened when sealed under this host's key. `Err` says
@@ -276,7 +281,12 @@ impl DiskCache {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
         };
         Ok(self.unseal(&name, bytes).ok())
     }
@@ -341,7 +351,10 @@ impl DiskCache {
             Ok(b) => b,
             Err(why) => {
                 // A copied cache (a backup, another host, an image layer) serves nothing, quietly.
-                tracing::debug!("ignoring cache entry {} ({why}); it will be replaced", shown());
+                tracing::debug!(
+                    "ignoring cache entry {} ({why}); it will be replaced",
+                    shown()
+                );
                 return Ok(None);
             }
         };
@@ -415,8 +428,10 @@ impl DiskCache {
         let name = Self::entry_name(key);
         let plain = encode_entry(entry, profile);
         let bytes = match self.cipher(true).map_err(|e| {
-            e.context("the disk cache is sealed under a key in the keyring, which cannot be used (set \
-                 `cache_encryption = \"off\"` on a host without a keyring)")
+            e.context(
+                "the disk cache is sealed under a key in the keyring, which cannot be used (set \
+                 `cache_encryption = \"off\"` on a host without a keyring)",
+            )
         })? {
             Some(cipher) => {
                 let sealed = crate::seal::seal(cipher, &self.aad(&name), &plain)

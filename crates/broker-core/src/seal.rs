@@ -78,7 +78,8 @@ pub(crate) fn cache_cipher(create: bool) -> Result<Option<Cipher>> {
         return Ok(None);
     }
     let mut key = [0u8; 32];
-    getrandom::getrandom(&mut key).map_err(|e| Error::internal(format!("no randomness for the cache key: {e}")))?;
+    getrandom::getrandom(&mut key)
+        .map_err(|e| Error::internal(format!("no randomness for the cache key: {e}")))?;
     let text = SecretString::from(base64::engine::general_purpose::STANDARD.encode(key));
     entry.store(&text)?;
     tracing::info!("made the disk cache's key, kept in {}", entry.describe());
