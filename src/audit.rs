@@ -294,28 +294,45 @@ impl Sink {
                 keep,
                 file,
             } => {
-                if let Some((_, size)) = file {
-                    if *size > 0 && *size + batch.len() as u64 > *max_size {
+                // Whole lines, each file within `max_size` (a single longer line gets a file of its own).
+                let mut rest = batch;
+                while !rest.is_empty() {
+                    let size = file.as_ref().map_or(0, |(_, s)| *s);
+                    let room = usize::try_from(max_size.saturating_sub(size)).unwrap_or(usize::MAX);
+                    let fits = rest[..room.min(rest.len())]
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                        .map(|i| i + 1);
+                    let take = match fits {
+                        Some(n) => n,
+                        None if size > 0 => {
+                            *file = None;
+                            rotate(dir, *keep)?;
+                            let fd = private_dir(dir)
+                                .map_err(|e| std::io::Error::other(e.message().to_owned()))?;
+                            let f = open_log(&fd, dir)
+                                .map_err(|e| std::io::Error::other(e.message().to_owned()))?;
+                            *file = Some((f, 0));
+                            continue;
+                        }
+                        None => rest
+                            .iter()
+                            .position(|b| *b == b'\n')
+                            .map_or(rest.len(), |i| i + 1),
+                    };
+                    let Some((f, size)) = file else {
+                        return Err(std::io::Error::other("the audit log is not open"));
+                    };
+                    let written = f.write_all(&rest[..take]);
+                    if written.is_err() {
+                        // Whatever part went in is not known: start again from the file's real size.
                         *file = None;
-                        rotate(dir, *keep)?;
-                        let fd = private_dir(dir)
-                            .map_err(|e| std::io::Error::other(e.message().to_owned()))?;
-                        let f = open_log(&fd, dir)
-                            .map_err(|e| std::io::Error::other(e.message().to_owned()))?;
-                        *file = Some((f, 0));
+                        return written;
                     }
+                    *size += take as u64;
+                    rest = &rest[take..];
                 }
-                let Some((f, size)) = file else {
-                    return Err(std::io::Error::other("the audit log is not open"));
-                };
-                let written = f.write_all(batch);
-                if written.is_err() {
-                    // Whatever part went in is not known: start again from the file's real size.
-                    *file = None;
-                } else {
-                    *size += batch.len() as u64;
-                }
-                written
+                Ok(())
             }
             Sink::Syslog { socket, io } => {
                 let Some(io) = io else {
