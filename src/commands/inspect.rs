@@ -43,8 +43,8 @@ pub fn run(g: &Globals, args: &Args) -> CmdResult {
         (t.secret().expose_secret().to_owned(), Some(t.expires_at()))
     };
     let mut text = describe(&raw, known_expiry, now);
-    text.push_str(&binding(&raw, cert.as_deref()));
-    text.push_str(&dpop_binding(&raw, dpop_key.as_deref()));
+    text.push_str(&binding(&raw, &CERTIFICATE, cert.as_deref()));
+    text.push_str(&binding(&raw, &DPOP_KEY, dpop_key.as_deref()));
     output::print_stdout(&text)?;
     Ok(())
 }
@@ -64,48 +64,52 @@ fn configured_thumbprint(s: &broker_core::Settings) -> Option<String> {
         .map(|c| c.thumbprint)
 }
 
-/// The line about a certificate-bound token (RFC 8705 §3): its `cnf.x5t#S256`, and whether it is the configured
-/// certificate's.
-pub fn binding(raw: &str, configured: Option<&str>) -> String {
-    let bound = jwt_claims(raw).and_then(|c| {
-        c.get("cnf")
-            .and_then(|cnf| cnf.get("x5t#S256"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    match (bound, configured) {
-        (None, _) => String::new(),
-        (Some(b), None) => format!("bound to the client certificate with x5t#S256 {b}\n"),
-        (Some(b), Some(c)) if b == c => format!(
-            "bound to the client certificate with x5t#S256 {b}: the configured client_cert (matches)\n"
-        ),
-        (Some(b), Some(c)) => format!(
-            "bound to the client certificate with x5t#S256 {b}: NOT the configured client_cert ({c}); the API \
-             will refuse this token over that certificate\n"
-        ),
-    }
+/// What a token can be bound to (its `cnf` member), and how the line about it names it.
+pub struct Binding {
+    /// The `cnf` member: `x5t#S256` (RFC 8705 §3) or `jkt` (RFC 9449 §6).
+    pub member: &'static str,
+    /// What it names: "the client certificate", "the DPoP key".
+    pub what: &'static str,
+    /// The configured one: "the configured client_cert", "the profile's key".
+    pub ours: &'static str,
+    /// What the API does with a token bound to another.
+    pub refused: &'static str,
 }
 
-/// The line about a DPoP-bound token (RFC 9449 §6): its `cnf.jkt`, and whether it is the profile's key's.
-pub fn dpop_binding(raw: &str, key: Option<&str>) -> String {
+/// A certificate-bound token (RFC 8705 §3).
+pub const CERTIFICATE: Binding = Binding {
+    member: "x5t#S256",
+    what: "the client certificate",
+    ours: "the configured client_cert",
+    refused: "the API will refuse this token over that certificate",
+};
+
+/// A DPoP-bound token (RFC 9449 §6).
+pub const DPOP_KEY: Binding = Binding {
+    member: "jkt",
+    what: "the DPoP key",
+    ours: "the profile's key",
+    refused: "the API will refuse its proofs",
+};
+
+/// The line about a bound token: what its `cnf` names, and whether it is ours (`configured`, when known).
+pub fn binding(raw: &str, b: &Binding, configured: Option<&str>) -> String {
     let bound = jwt_claims(raw).and_then(|c| {
         c.get("cnf")
-            .and_then(|cnf| cnf.get("jkt"))
+            .and_then(|cnf| cnf.get(b.member))
             .and_then(Value::as_str)
             .map(str::to_owned)
     });
-    match (bound, key) {
-        (None, None) => String::new(),
-        (None, Some(k)) => format!(
-            "the profile's DPoP key has thumbprint {k}; the token names no cnf.jkt (an opaque or unbound token)\n"
-        ),
-        (Some(b), None) => format!("bound to the DPoP key with thumbprint (cnf.jkt) {b}\n"),
-        (Some(b), Some(k)) if b == k => {
-            format!("bound to the DPoP key with thumbprint (cnf.jkt) {b}: the profile's key (matches)\n")
+    let (member, what, ours) = (b.member, b.what, b.ours);
+    match (bound, configured) {
+        (None, _) => String::new(),
+        (Some(t), None) => format!("bound to {what} with {member} {t}\n"),
+        (Some(t), Some(c)) if t == c => {
+            format!("bound to {what} with {member} {t}: {ours} (matches)\n")
         }
-        (Some(b), Some(k)) => format!(
-            "bound to the DPoP key with thumbprint (cnf.jkt) {b}: NOT the profile's key ({k}); its proofs will be \
-             refused\n"
+        (Some(t), Some(c)) => format!(
+            "bound to {what} with {member} {t}: NOT {ours} ({c}); {}\n",
+            b.refused
         ),
     }
 }

@@ -464,21 +464,9 @@ fn proof(
 
 /// Keeps the api's `DPoP-Nonce`; whether the api refused the request for want of it (RFC 9449 §9).
 fn asks_for_nonce(route: &Route, resp: &reqwest::Response) -> bool {
-    let Some(n) = resp
-        .headers()
-        .get("dpop-nonce")
-        .and_then(|v| broker_core::dpop::nonce_of(v.as_bytes()))
-    else {
-        return false;
-    };
-    route.nonces.set(resp.url().as_str(), &n);
-    resp.status() == StatusCode::UNAUTHORIZED
-        && resp
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(broker_core::dpop::asks_for_nonce)
+    route
+        .nonces
+        .take_from(resp.url().as_str(), resp.status().as_u16(), resp.headers())
 }
 
 async fn send(

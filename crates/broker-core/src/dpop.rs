@@ -238,6 +238,24 @@ impl Nonces {
             .cloned()
     }
 
+    /// Keeps the `DPoP-Nonce` of an API's answer to a request to `url`; whether the answer refused the request for
+    /// want of it (401 with `WWW-Authenticate: DPoP error="use_dpop_nonce"`, RFC 9449 §9), so it is worth one retry.
+    pub fn take_from(&self, url: &str, status: u16, headers: &reqwest::header::HeaderMap) -> bool {
+        let Some(n) = headers
+            .get("dpop-nonce")
+            .and_then(|v| nonce_of(v.as_bytes()))
+        else {
+            return false;
+        };
+        self.set(url, &n);
+        status == 401
+            && headers
+                .get_all("www-authenticate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(asks_for_nonce)
+    }
+
     /// Remembers `nonce` for `url`'s origin.
     pub fn set(&self, url: &str, nonce: &str) {
         let Some(origin) = origin_of(url) else { return };

@@ -82,25 +82,6 @@ impl TokenMiddleware {
         }
         Ok(())
     }
-
-    /// Keeps the `DPoP-Nonce` of `resp`; whether the API refused the request for want of it.
-    fn asks_for_nonce(&self, url: &str, resp: &reqwest::Response) -> bool {
-        let Some(n) = resp
-            .headers()
-            .get("dpop-nonce")
-            .and_then(|v| crate::dpop::nonce_of(v.as_bytes()))
-        else {
-            return false;
-        };
-        self.nonces.set(url, &n);
-        resp.status() == reqwest::StatusCode::UNAUTHORIZED
-            && resp
-                .headers()
-                .get_all("www-authenticate")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(crate::dpop::asks_for_nonce)
-    }
 }
 
 #[async_trait]
@@ -118,7 +99,10 @@ impl Middleware for TokenMiddleware {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let resp = next.clone().run(req, extensions).await?;
-        if self.asks_for_nonce(&url, &resp) {
+        if self
+            .nonces
+            .take_from(&url, resp.status().as_u16(), resp.headers())
+        {
             if let Some(again) = retry {
                 tracing::debug!(
                     "profile `{}`: the API asked for a DPoP nonce; retrying once with it",
