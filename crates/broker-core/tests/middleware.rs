@@ -30,8 +30,13 @@ async fn setup(server: &MockServer) -> reqwest_middleware::ClientWithMiddleware 
         )
         .mount(server)
         .await;
+    client(server, "")
+}
+
+/// A client with the middleware for profile `p` at `server`'s `/token`, in memory, with `extra` lines.
+fn client(server: &MockServer, extra: &str) -> reqwest_middleware::ClientWithMiddleware {
     let config = Config::parse(&format!(
-        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\n",
+        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\n{extra}\n",
         server.uri()
     ))
     .unwrap();
@@ -201,19 +206,7 @@ async fn a_dpop_bound_token_goes_with_a_proof_per_request_and_one_retry_for_the_
         .expect(4)
         .mount(&server)
         .await;
-    let config = Config::parse(&format!(
-        "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\ncache = \"memory\"\ndpop = true\n",
-        server.uri()
-    ))
-    .unwrap();
-    let broker = Arc::new(
-        Broker::builder()
-            .config(&config, &Default::default())
-            .build(),
-    );
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(TokenMiddleware::new(broker, "p"))
-        .build();
+    let client = client(&server, "dpop = true");
     for i in 0..3 {
         let resp = client
             .get(format!("{}/api?page={i}", server.uri()))
