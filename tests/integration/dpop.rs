@@ -12,16 +12,16 @@ use crate::daemon::Daemon;
 use crate::proxy::{body_json, Proxy};
 use crate::support::*;
 
-const SECRET: &str = "dpop-secret-dpop-secret-dpop-secret";
+pub(crate) const SECRET: &str = "dpop-secret-dpop-secret-dpop-secret";
 
-struct Dpop {
-    server: NodeServer,
+pub(crate) struct Dpop {
+    pub(crate) server: NodeServer,
     _conf: tempfile::TempDir,
 }
 
 impl Dpop {
     /// The issuer (a Keycloak realm) and its resource server; `token_nonce` and `api_nonce` make each ask for a nonce.
-    fn start(token_nonce: bool, api_nonce: bool) -> Dpop {
+    pub(crate) fn start(token_nonce: bool, api_nonce: bool) -> Dpop {
         let dir = tempfile::tempdir().unwrap();
         let conf = json!({
             "clients": [{"client_id": "svc", "secret": SECRET, "bound": true}],
@@ -34,22 +34,22 @@ impl Dpop {
         Dpop { server, _conf: dir }
     }
 
-    fn api(&self) -> String {
+    pub(crate) fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.server.ports[1])
     }
 
-    fn stats(&self) -> Value {
+    pub(crate) fn stats(&self) -> Value {
         serde_json::from_str(&http_get(self.server.port, "/__stats")).unwrap()
     }
 
     /// A home with an ION profile (the built-in Keycloak provider) with `extra` lines (`dpop = ...`).
-    fn home(&self, extra: &str) -> Home {
+    pub(crate) fn home(&self, extra: &str) -> Home {
         let home = Home::new();
         self.configure(&home, extra);
         home
     }
 
-    fn configure(&self, home: &Home, extra: &str) {
+    pub(crate) fn configure(&self, home: &Home, extra: &str) {
         let secret = secret_file(home, "ion.secret", SECRET);
         home.config(&format!(
             "[profiles.ion-dev]\nprovider = \"ion\"\nauth_server = \"{}\"\napi = \"{}\"\nclient_id = \"svc\"\n\
@@ -61,13 +61,13 @@ impl Dpop {
     }
 }
 
-fn run(home: &Home, args: &[&str]) -> Run {
+pub(crate) fn run(home: &Home, args: &[&str]) -> Run {
     home.run(args)
 }
 
 /// The JSON a successful run printed.
 #[track_caller]
-fn json_of(run: &Run) -> Value {
+pub(crate) fn json_of(run: &Run) -> Value {
     run.success();
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
 }
@@ -96,7 +96,7 @@ fn send_lines(url: &str, lines: &str) -> (u16, Option<String>, String) {
     (status, nonce, body.to_owned())
 }
 
-fn cnf_jkt(token: &str) -> String {
+pub(crate) fn cnf_jkt(token: &str) -> String {
     let claims = broker_core::token::jwt_claims(token).expect("a JWT");
     claims["cnf"]["jkt"].as_str().unwrap_or_default().to_owned()
 }
@@ -349,74 +349,6 @@ fn the_daemon_hands_out_proofs_and_keeps_the_key() {
 }
 
 #[test]
-fn what_a_server_binds_must_be_what_the_profile_asked_for() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (_, key_pem) = broker_core::dpop::DpopKey::generate().unwrap();
-    let other = broker_core::dpop::DpopKey::generate().unwrap().0;
-    let bound_elsewhere =
-        jwt(&json!({"exp": now_secs() + 300, "cnf": {"jkt": other.thumbprint()}}));
-    for (dpop, answer, want) in [
-        (
-            "dpop = true",
-            json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300}),
-            Err("not `DPoP`"),
-        ),
-        (
-            "dpop = \"optional\"",
-            json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300}),
-            Ok("Bearer"),
-        ),
-        (
-            "",
-            json!({"access_token": "opaque", "token_type": "DPoP", "expires_in": 300}),
-            Err("set `dpop = true`"),
-        ),
-        (
-            "dpop = { key = { file = \"KEY\" } }",
-            json!({"access_token": bound_elsewhere, "token_type": "DPoP"}),
-            Err("not to this profile's key"),
-        ),
-    ] {
-        let server = rt.block_on(token_endpoint(
-            wiremock::ResponseTemplate::new(200).set_body_json(answer),
-        ));
-        let home = Home::new();
-        let key = secret_file(
-            &home,
-            "key.pem",
-            secrecy::ExposeSecret::expose_secret(&key_pem),
-        );
-        home.config(&format!(
-            "[profiles.p]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"c\"\nclient_secret = {{ env = \"S\" }}\n{}\n",
-            server.uri(),
-            dpop.replace("KEY", &key.display().to_string())
-        ));
-        let out = Run::from(
-            home.cmd(["token", "p", "--format", "json"])
-                .env("S", "s3cret-for-p")
-                .output()
-                .unwrap(),
-        );
-        match want {
-            Ok(token_type) => assert_eq!(json_of(&out)["token_type"], token_type),
-            Err(text) => {
-                out.code(6).stderr_has(text);
-            }
-        }
-        // Every token request carried a proof when DPoP was on.
-        let requests = rt.block_on(server.received_requests()).unwrap_or_default();
-        assert_eq!(
-            requests.iter().all(|r| r.headers.contains_key("dpop")),
-            !dpop.is_empty(),
-            "{dpop}"
-        );
-    }
-}
-
-#[test]
 fn at_trace_level_no_log_line_holds_the_token_a_proof_or_the_key() {
     let idp = Dpop::start(true, false);
     let home = idp.home("dpop = true");
@@ -447,62 +379,4 @@ fn at_trace_level_no_log_line_holds_the_token_a_proof_or_the_key() {
             out.stderr
         );
     }
-}
-
-#[test]
-fn a_generated_key_is_kept_in_the_keyring_when_the_secret_is_there() {
-    use std::io::Write;
-    let idp = Dpop::start(false, false);
-    let home = Home::new();
-    // A service name of this test alone: the kernel keyring is the user's, shared by tests running at once.
-    let service = format!("broker-dpop-test-{}", std::process::id());
-    home.config(&format!(
-        "[profiles.ion-dev]\nprovider = \"ion\"\nauth_server = \"{}\"\napi = \"{}\"\nclient_id = \"svc\"\n\
-         client_secret = {{ keyring = \"{service}/svc\" }}\ndpop = true\n",
-        idp.server.base(),
-        idp.api()
-    ));
-    let mut set = home
-        .cmd(["secret", "set", "ion-dev"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    set.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{SECRET}\n").as_bytes())
-        .unwrap();
-    assert!(set.wait().unwrap().success());
-    run(&home, &["check"])
-        .success()
-        .stdout_has(&format!("key kept in keyring {service}/svc.dpop"));
-    // Two processes, the second forcing a new token: both bound to the one key the keyring keeps, none in a file.
-    let c = json_of(&run(&home, &["token", "ion-dev", "--format", "json"]));
-    let d = json_of(&run(
-        &home,
-        &["token", "ion-dev", "--format", "json", "--force-refresh"],
-    ));
-    assert_eq!(
-        cnf_jkt(c["access_token"].as_str().unwrap()),
-        cnf_jkt(d["access_token"].as_str().unwrap())
-    );
-    assert!(!home.cache_dir().join("dpop/ion-dev.pem").exists());
-    let secret = broker_core::secret::SecretSource::Keyring {
-        service: service.clone(),
-        account: "svc.dpop".into(),
-    };
-    let pem = secret
-        .read(broker_core::secret::Shape::Whole)
-        .expect("the key is in the keyring");
-    let key =
-        broker_core::dpop::DpopKey::from_pem(secrecy::ExposeSecret::expose_secret(&pem).as_bytes())
-            .unwrap();
-    assert_eq!(
-        key.thumbprint(),
-        cnf_jkt(c["access_token"].as_str().unwrap())
-    );
-    let _ = secret.delete();
-    run(&home, &["secret", "delete", "ion-dev"]).success();
 }

@@ -35,6 +35,8 @@ mod tls;
 mod integrations;
 // Outages: one shared retry round, the remembered next attempt, per-call min_ttl, the status line, cache clear.
 mod outages;
+// The cache at rest: sealed entries, a copied cache directory.
+mod cache_at_rest;
 // Attacks by another local user or a hostile provider: planted cache files and endpoints, hostile answers, leaks.
 mod trust;
 // The trust boundary of key files, subject tokens, the fleet key, Redis, discovery and excerpts (a real second uid).
@@ -53,6 +55,8 @@ mod audit;
 mod caller_rules;
 // DPoP (RFC 9449) against oidc-provider and a resource server that verifies every proof.
 mod dpop;
+// DPoP keys: bindings a server makes against the profile's, a generated key in the keyring.
+mod dpop_keys;
 // docker-credential-broker with the real skopeo against a registry front that checks the issuer's signature.
 mod docker_credential;
 // Token files for any program: netrc read by curl, npmrc, docker, env, templates, on_change.

@@ -374,10 +374,10 @@ mod tests {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let allowed = [
             "credfile.rs",
-            "cache.rs",
+            "cache/mod.rs",
             "paths.rs",
             "config/load.rs",
-            "dpop.rs",
+            "dpop/store.rs",
         ];
         let needles = [
             "fs::read(",

@@ -1,5 +1,5 @@
 //! Sealing with XChaCha20-Poly1305: the fleet's values in Redis (`shared.rs`) and disk cache entries at rest
-//! (`cache.rs`, docs/reference.md §11), each under its own key, with the name it is stored under as associated data.
+//! (`cache/`, docs/reference.md §11), each under its own key, with the name it is stored under as associated data.
 //! The disk cache's key is 32 random bytes kept in the kernel (or OS) keyring, made on first use.
 //!
 //! *Invariant: `open` returns the plaintext only for what `seal` made under the same key and name; the cache key

@@ -20,17 +20,20 @@ use url::Url;
 use crate::error::{Diagnostic, Error, Result};
 use crate::secret::{SecretSource, TokenSource};
 
+mod dpop;
 mod load;
 mod resolve;
 mod settings;
 mod shared;
 mod sink;
 mod source;
+mod tables;
 #[cfg(test)]
 mod tests;
 mod values;
 mod vocab;
 
+pub use dpop::*;
 #[allow(unused_imports)]
 use load::*;
 pub(crate) use resolve::is_loopback;
@@ -40,6 +43,7 @@ pub use shared::*;
 pub use sink::*;
 pub(crate) use source::Origin;
 use source::*;
+use tables::*;
 pub(crate) use values::*;
 pub use vocab::*;
 

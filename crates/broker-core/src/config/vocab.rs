@@ -227,44 +227,6 @@ impl CacheMode {
     }
 }
 
-/// `dpop`: whether a profile's tokens are bound to a key (RFC 9449, docs/reference.md §10), and which key.
-#[derive(Debug, Clone, Default)]
-pub struct Dpop {
-    /// Off, required, or optional.
-    pub mode: DpopMode,
-    /// The key; generated unless the profile names one.
-    pub key: DpopKeySource,
-}
-
-/// Whether DPoP is asked for, and whether a bearer token is then accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DpopMode {
-    /// Plain bearer tokens (default).
-    #[default]
-    Off,
-    /// Proofs are sent, and a token that is not `token_type = DPoP` is an error.
-    Required,
-    /// Proofs are sent; a bearer token is accepted and used as one.
-    Optional,
-}
-
-/// Where a DPoP key comes from.
-#[derive(Debug, Clone, Default)]
-pub enum DpopKeySource {
-    /// Made once and kept where the profile's tokens are (beside the disk cache; in memory otherwise).
-    #[default]
-    Generated,
-    /// A PEM EC P-256 private key from a secret source (read whole, with a file's ownership checks).
-    Source(SecretSource),
-}
-
-impl Dpop {
-    /// Whether proofs are sent.
-    pub fn enabled(&self) -> bool {
-        self.mode != DpopMode::Off
-    }
-}
-
 /// The type a field has in [`Settings`]: `Option<T>` unless it has a default or is required.
 macro_rules! settled_ty {
     ([] $ty:ty) => { Option<$ty> };
