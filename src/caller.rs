@@ -131,12 +131,24 @@ fn alive(pidfd: &OwnedFd) -> bool {
     )
 }
 
-/// The systemd unit of a `/proc/<pid>/cgroup` text: the last `.service` or `.scope` of its path.
+/// The systemd unit of a `/proc/<pid>/cgroup` text: the last `.service` or `.scope` of its path in the unified
+/// hierarchy (`0::`), else in systemd's own (`name=systemd:`, on a host with both hierarchies).
 fn unit_of(cgroup: &str) -> Option<String> {
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    path.rsplit('/')
-        .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
-        .map(str::to_owned)
+    let unit = |path: &str| {
+        path.rsplit('/')
+            .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
+            .map(str::to_owned)
+    };
+    let path_of = |hierarchy: &str| {
+        cgroup.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (names == hierarchy).then_some(path)
+        })
+    };
+    path_of("")
+        .and_then(unit)
+        .or_else(|| path_of("name=systemd").and_then(unit))
 }
 
 /// The supplementary groups of a `/proc/<pid>/status` text.
@@ -168,6 +180,10 @@ mod tests {
             Some("run-u12.scope")
         );
         assert_eq!(unit_of("0::/\n"), None);
+        assert_eq!(
+            unit_of("9:name=systemd:/system.slice/cron.service\n0::/\n").as_deref(),
+            Some("cron.service")
+        );
         assert_eq!(groups_of("Name:\tx\nGroups:\t27 100 \n"), vec![27, 100]);
     }
 

@@ -17,8 +17,8 @@ pub(super) struct Gate {
 pub(super) enum Who {
     /// A Unix-socket peer, as the kernel described it.
     Unix(Arc<crate::caller::Peer>),
-    /// A TCP client, which must send this key.
-    Tcp(Arc<str>),
+    /// A TCP client, which must send this key, known to the rules and the audit log only as its holder.
+    Tcp(Arc<str>, Arc<crate::caller::Peer>),
 }
 
 impl Who {
@@ -26,7 +26,7 @@ impl Who {
     fn peer(&self) -> Arc<crate::caller::Peer> {
         match self {
             Who::Unix(p) => p.clone(),
-            Who::Tcp(_) => Arc::new(crate::caller::Peer::of_tcp(None, "tcp with the daemon key")),
+            Who::Tcp(_, holder) => holder.clone(),
         }
     }
 }
@@ -46,7 +46,7 @@ impl Gate {
                     StatusCode::FORBIDDEN,
                 ));
             }
-            Who::Tcp(key) => {
+            Who::Tcp(key, _) => {
                 use subtle::ConstantTimeEq;
                 let given = req
                     .headers()

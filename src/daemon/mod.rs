@@ -323,7 +323,10 @@ async fn run_listeners(
         let gated = Gated {
             gate: Gate {
                 daemon: daemon.clone(),
-                who: Who::Tcp(Arc::from(key)),
+                who: Who::Tcp(
+                    Arc::from(key),
+                    Arc::new(crate::caller::Peer::of_tcp(None, "tcp with the daemon key")),
+                ),
             },
             app: api.clone(),
         };

@@ -224,3 +224,61 @@ print(passed, reused)
         "the kernel never gave the pid to the allowed program: nothing was tried"
     );
 }
+
+/// Where the unified (v2) cgroup hierarchy is mounted, if it is.
+fn cgroup2_mount() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| PathBuf::from(at))
+        })
+}
+
+#[test]
+fn a_unit_rule_admits_a_process_of_that_unit_only() {
+    let Some(mount) = cgroup2_mount().filter(|_| root()) else {
+        return; // making a cgroup needs root and a cgroup2 mount
+    };
+    let unit = format!("broker-test-{}.service", std::process::id());
+    let group = mount.join(&unit);
+    if std::fs::create_dir(&group).is_err() {
+        return; // a read-only cgroup file system (an unprivileged container)
+    }
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _remove = Remove(group.clone());
+    let idp = auth0_issuer("rules-secret", "300");
+    let home = Home::new();
+    let secret = crate::client_auth::secret_file(&home, "secret", "rules-secret");
+    home.config(&format!(
+        "[profiles.unit]\nkind = \"auth0\"\ntoken_url = \"{}/oauth/token\"\naudience = \"https://chiligrafx.com\"\n\
+         client_id = \"cid\"\nclient_secret = {{ file = \"{}\" }}\nallow = {{ units = [\"{unit}\"] }}\n",
+        idp.base(),
+        secret.display()
+    ));
+    let daemon = Daemon::start(&home);
+    // curl, started inside the unit's cgroup (as systemd starts a service's processes), and then outside it.
+    let in_unit = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec curl -s -o /dev/null -w %{{http_code}} --unix-socket {} http://b/v1/token/unit",
+            group.display(),
+            daemon.socket.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&in_unit.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&in_unit.stderr)
+    );
+    assert_eq!(curl_as(None, &daemon.socket, "/v1/token/unit").0, 403);
+}
