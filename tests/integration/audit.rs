@@ -140,6 +140,20 @@ fn two_hundred_concurrent_callers_make_two_hundred_lines_and_one_fetch_line_with
             .count(),
         0
     );
+    // On a terminal (util-linux's `script` gives it one): a table, a header and a row per line.
+    let table = home
+        .program("script")
+        .args(["-qec", &format!("{BIN} audit --profile chili"), "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout).replace('\r', "");
+    let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        rows[0].starts_with("TIME") && rows[0].contains("OUTCOME"),
+        "{text}"
+    );
+    assert_eq!(rows.len(), 202, "{text}");
+    assert!(rows[1..].iter().all(|r| r.contains("chili")), "{text}");
 }
 
 #[test]
