@@ -47,7 +47,9 @@ impl BrokerBuilder {
     }
 
     /// Whether disk cache entries are sealed under a key kept in the keyring (the default) or written plain
-    /// (docs/reference.md §11). [`BrokerBuilder::config`] takes it from the config's `cache_encryption`.
+    /// (docs/reference.md §11). [`BrokerBuilder::config`] takes it from the config's `cache_encryption`. A build
+    /// without the `keyring` feature, or a host without a keyring, needs `CacheEncryption::Off` for a disk cache:
+    /// sealing never falls back to plain entries (each write fails with a warning instead).
     pub fn cache_encryption(mut self, mode: crate::config::CacheEncryption) -> Self {
         self.encryption = mode;
         self
