@@ -53,11 +53,22 @@ pub(super) fn p_proxy(cx: &Ctx, v: &Val) -> Result<ProxyDef> {
     Ok(def)
 }
 
-/// `[audit]`: `mode` (`on`, `off`, `required`), `to` (`file`, `syslog`), `syslog_socket`, `max_size` (bytes),
+const AUDIT_MODES: [(&str, AuditMode); 3] = [
+    ("on", AuditMode::On),
+    ("off", AuditMode::Off),
+    ("required", AuditMode::Required),
+];
+
+/// `audit = "on" | "off" | "required"`, or the `[audit]` table: `mode` (`on`, `off`, `required`), `to` (`file`, `syslog`), `syslog_socket`, `max_size` (bytes),
 /// `keep`.
 pub(super) fn p_audit(cx: &Ctx, v: &Val) -> Result<AuditDef> {
-    let t = cx.table("audit", v)?;
     let mut def = AuditDef::default();
+    // `audit = "required"`: the mode alone, the rest as by default.
+    if v.get_ref().as_str().is_some() {
+        def.mode = p_choice(cx, "audit", v, &AUDIT_MODES)?;
+        return Ok(def);
+    }
+    let t = cx.table("audit", v)?;
     let mut to_syslog = false;
     let mut socket = PathBuf::from("/dev/log");
     let number = |key: &str, val: &Val| -> Result<u64> {

@@ -171,6 +171,28 @@ fn allow_rules_name_users_and_groups_that_exist() {
 }
 
 #[test]
+fn audit_is_a_mode_or_a_table() {
+    let c = load(PROVIDER, "audit = \"required\"\n").unwrap();
+    assert_eq!(c.audit().mode, AuditMode::Required);
+    assert_eq!(c.audit().sink, AuditSink::File);
+    let c = load(PROVIDER, "[audit]\nto = \"syslog\"\nkeep = 3\n").unwrap();
+    assert_eq!((c.audit().mode, c.audit().keep), (AuditMode::On, 3));
+    assert_eq!(c.audit().sink, AuditSink::Syslog("/dev/log".into()));
+    let e = load(PROVIDER, "audit = \"sometimes\"\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("config.toml:1:9: unknown audit `sometimes`"),
+        "{e}"
+    );
+    assert_eq!(
+        load(PROVIDER, "").unwrap().cache_encryption(),
+        CacheEncryption::Keyring
+    );
+}
+
+#[test]
 fn wrong_type_and_syntax_errors_have_positions() {
     let e = err(PROVIDER, "[profiles.x]\nmin_ttl = 5\n");
     assert!(
