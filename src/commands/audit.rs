@@ -93,6 +93,8 @@ impl Printer {
             return Ok(());
         };
         let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+        // Every value shown escaped: a caller's executable or a requested profile name is anyone's text.
+        let shown = |s: &str| broker_core::provider_text(s);
         if args
             .profile
             .as_deref()
@@ -124,7 +126,7 @@ impl Printer {
             v.get("caller")
                 .and_then(|c| c.get(k))
                 .filter(|x| !x.is_null())
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), shown))
                 .unwrap_or_else(|| "-".into())
         };
         let upstream = v
@@ -134,14 +136,14 @@ impl Printer {
         writeln!(
             stdout,
             "{:<24} {:<6} {:<20} {:<16} {:>6} {:>8} {:<28} {:<12} {:>9}",
-            field("time"),
-            field("kind"),
-            field("profile").escape_debug().to_string(),
-            field("outcome"),
+            shown(field("time")),
+            shown(field("kind")),
+            shown(field("profile")),
+            shown(field("outcome")),
             caller("uid"),
             caller("pid"),
             caller("exe"),
-            v.get("token").and_then(Value::as_str).unwrap_or("-"),
+            shown(v.get("token").and_then(Value::as_str).unwrap_or("-")),
             upstream
         )
         .map_err(|e| io(e).into())

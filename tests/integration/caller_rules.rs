@@ -282,3 +282,62 @@ fn a_unit_rule_admits_a_process_of_that_unit_only() {
     );
     assert_eq!(curl_as(None, &daemon.socket, "/v1/token/unit").0, 403);
 }
+
+#[test]
+fn a_callers_executable_named_with_escapes_reaches_no_log_message_or_terminal_raw() {
+    if !root() {
+        return; // the daemon's log and the caller run as one uid here; the same holds for another
+    }
+    let idp = auth0_issuer("rules-secret", "300");
+    let home = home_with_rules(&idp);
+    let daemon = Daemon::start(&home);
+    // curl under a name another user could give their program: a terminal escape in its path.
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("curl\u{1b}]0;pwned\u{7}\u{1b}[31m");
+    std::fs::copy(which("curl"), &evil).unwrap();
+    chmod(&evil, 0o755);
+    let out = Command::new(&evil)
+        .args(["-s", "--unix-socket"])
+        .arg(&daemon.socket)
+        .arg("http://b/v1/token/curl")
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("allow.exe") && message.contains("\\u{1b}"),
+        "{message}"
+    );
+    assert!(
+        !message.contains('\u{1b}') && !message.contains('\u{7}'),
+        "{message:?}"
+    );
+    let log = std::fs::read_to_string(home.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("refused") && !log.contains('\u{1b}'),
+        "{log:?}"
+    );
+    // `broker audit` on a terminal: the same escaped (the log itself keeps the name, JSON-escaped).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let table = home
+            .program("script")
+            .args(["-qec", &format!("{BIN} audit --profile curl"), "/dev/null"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&table.stdout).into_owned();
+        if text.contains("refused") {
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\u{7}'),
+                "{text:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no refused line in the audit log: {text:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -85,12 +85,7 @@ impl Drop for Daemon {
 }
 
 pub(crate) fn parse_response(raw: &str) -> (u16, String, String) {
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, head, body) = crate::proxy::split_response(raw);
     let fp = head
         .lines()
         .find_map(|l| {

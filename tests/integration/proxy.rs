@@ -73,12 +73,7 @@ pub(crate) fn raw(port: u16, request: &str) -> (u16, String, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, head, body) = split_response(&text);
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -88,6 +83,17 @@ pub(crate) fn raw(port: u16, request: &str) -> (u16, String, String) {
         body.to_owned()
     };
     (status, head.to_owned(), body)
+}
+
+/// A raw HTTP/1.1 answer's status, head and body.
+pub(crate) fn split_response(text: &str) -> (u16, &str, &str) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head, body)
 }
 
 /// A chunked body's data.

@@ -26,9 +26,12 @@ pub struct Caller {
     pub via: &'static str,
 }
 
+/// Shown with control characters escaped: the executable's path and the unit are named by whoever runs the caller,
+/// another local user among them, and end up in log lines, a 403's message and a terminal.
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        let opt =
+            |v: Option<String>| v.map_or_else(|| "?".into(), |v| crate::http::provider_text(&v));
         write!(
             f,
             "uid {} gid {} pid {} exe {} unit {} ({})",
@@ -36,7 +39,9 @@ impl fmt::Display for Caller {
             opt(self.gid.map(|g| g.to_string())),
             opt(self.pid.map(|p| p.to_string())),
             opt(self.exe.as_ref().map(|e| e.display().to_string())),
-            self.unit.as_deref().unwrap_or("-"),
+            self.unit
+                .as_deref()
+                .map_or_else(|| "-".into(), crate::http::provider_text),
             self.via
         )
     }
@@ -174,5 +179,20 @@ mod tests {
             .is_ok());
         assert!(unit.admits(&Caller::default()).is_err());
         assert_eq!(Allow::default().admits(&Caller::default()), Ok(()));
+    }
+
+    #[test]
+    fn a_caller_is_shown_without_the_control_characters_of_its_names() {
+        let c = Caller {
+            exe: Some("/tmp/cu\u{1b}[31mrl".into()),
+            unit: Some("x\u{7}.service".into()),
+            ..Default::default()
+        };
+        let shown = c.to_string();
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown}"
+        );
+        assert!(shown.contains("cu\\u{1b}[31mrl"), "{shown}");
     }
 }

@@ -99,7 +99,7 @@ pub mod shared;
 
 pub use broker::{Broker, BrokerBuilder, CacheState, Observer, Policy, Status, TokenRequest};
 pub use config::{Config, LoadOptions, Overrides, Settings};
-pub use http::api_client;
+pub use http::{api_client, provider_text};
 pub use kinds::HttpProvider;
 pub use provider::{FetchContext, Fetched, ProfileTokens, Provider};
 pub use token::AccessToken;
