@@ -256,7 +256,8 @@ fn oauth_error(body: &[u8]) -> Option<String> {
 pub const PROVIDER_TEXT_MAX: usize = 300;
 
 /// Provider text (or any text from outside: a caller's executable, an audit line) made safe to show: control
-/// characters (and other non-printing ones) escaped, cut at [`PROVIDER_TEXT_MAX`] characters. Secrets are redacted later, by whoever knows them ([`redact`]).
+/// characters (and other non-printing ones) escaped, cut at 300 characters (`PROVIDER_TEXT_MAX`). Secrets are
+/// redacted later, by whoever knows them (`redact`).
 pub fn provider_text(s: &str) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
